@@ -1,0 +1,68 @@
+"""System checks: misconfiguration stops start-up with one clear line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import ERROR, CheckMessage, Error, Tags, register, run_checks
+from django.core.exceptions import ImproperlyConfigured
+
+from notifications.conf import conf
+
+
+@register(Tags.security, deploy=False)
+def check_secret_key(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    try:
+        key = settings.SECRET_KEY
+    except ImproperlyConfigured:  # Django refuses to hand out an empty key
+        key = ""
+    if not settings.DEBUG and not key:
+        return [
+            Error(
+                "DJANGO_SECRET_KEY is not set and DJANGO_DEBUG is off.",
+                hint="Set DJANGO_SECRET_KEY to a long random string, or DJANGO_DEBUG=1 for development.",
+                id="notifications.E001",
+            )
+        ]
+    return []
+
+
+@register()
+def check_allowed_origins(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    for origin in conf.ALLOWED_ORIGINS:
+        if origin in {"*", "null"}:
+            continue
+        if not isinstance(origin, str) or "://" in origin and origin.count("/") > 2:
+            errors.append(
+                Error(
+                    f"NOTIFICATIONS_ALLOWED_ORIGINS holds {origin!r}, which is not an origin.",
+                    hint="Use scheme://host[:port], a host, .domain for a domain and its subdomains, * or null.",
+                    id="notifications.E002",
+                )
+            )
+    return errors
+
+
+@register()
+def check_limits(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    for name, value in (
+        ("NOTIFICATIONS_MAX_RECIPIENT_LENGTH", conf.MAX_RECIPIENT_LENGTH),
+        ("NOTIFICATIONS_MAX_IDS_PER_CONNECTION", conf.MAX_IDS_PER_CONNECTION),
+    ):
+        if value < 1:
+            errors.append(Error(f"{name} is {value}; it must be at least 1.", id="notifications.E003"))
+    return errors
+
+
+def refuse_to_start_on_errors() -> None:
+    """Stop a server process whose configuration fails a check, one line per error.
+
+    ``runserver`` runs the system checks, daphne does not; the ASGI module calls this.
+    """
+    errors = [message for message in run_checks() if message.level >= ERROR]
+    if errors:
+        lines = [f"{m.id}: {m.msg}" + (f" {m.hint}" if m.hint else "") for m in errors]
+        raise SystemExit("Configuration error: " + "\nConfiguration error: ".join(lines))

@@ -1,0 +1,38 @@
+"""The app's own settings, each with its default, read when used.
+
+Reading lazily keeps ``override_settings`` working in tests.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+
+
+class Settings:
+    @property
+    def ALLOWED_ORIGINS(self) -> list[str]:
+        """Origins allowed to open the WebSocket; ``*`` allows any, ``null`` pages from disk."""
+        return list(getattr(settings, "NOTIFICATIONS_ALLOWED_ORIGINS", ["*"]))
+
+    @property
+    def MAX_RECIPIENT_LENGTH(self) -> int:
+        """Longest recipient id accepted, in characters (code points)."""
+        return int(getattr(settings, "NOTIFICATIONS_MAX_RECIPIENT_LENGTH", 255))
+
+    @property
+    def MAX_IDS_PER_CONNECTION(self) -> int:
+        """How many ids one connection may register; further ones are refused and logged."""
+        return int(getattr(settings, "NOTIFICATIONS_MAX_IDS_PER_CONNECTION", 16))
+
+    @property
+    def GROUP_PREFIX(self) -> str:
+        """Prefix of the channel-layer group names that recipients map to."""
+        return str(getattr(settings, "NOTIFICATIONS_GROUP_PREFIX", "notify."))
+
+    @property
+    def SERVER_URL(self) -> str:
+        """WebSocket address of the server, used by ``notify`` when the layer is process-local."""
+        return str(getattr(settings, "NOTIFICATIONS_SERVER_URL", "ws://127.0.0.1:8765/"))
+
+
+conf = Settings()

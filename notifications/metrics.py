@@ -1,0 +1,21 @@
+"""Process-wide counters that operators read (admin, logs, metrics).
+
+Nothing may vanish silently: every notification the server fails to hand to
+the channel layer is counted here and logged at WARNING with its recipient.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+counters: Counter[str] = Counter()
+
+CONNECTIONS_OPEN = "connections_open"
+RELAYED = "relayed"
+UNDELIVERABLE = "undeliverable"
+REJECTED_FRAMES = "rejected_frames"
+
+
+def snapshot() -> dict[str, int]:
+    """A copy of the counters of this process."""
+    return dict(counters)

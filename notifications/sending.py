@@ -1,0 +1,61 @@
+"""The one sending API: every entry point delivers notifications through here.
+
+The WebSocket relay, the ``notify`` command, the admin action and Django
+views all call :func:`asend_notification` (or its sync twin), so that they
+validate, deliver and account for failures the same way.
+
+    from notifications.sending import send_notification
+
+    def finish_task(request, task):
+        ...
+        send_notification(task.owner_uuid, "image2video")
+"""
+
+from __future__ import annotations
+
+import logging
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+from notifications import metrics
+from notifications.protocol import describe, group_name, message_text, validate_recipient
+
+logger = logging.getLogger(__name__)
+
+EVENT_TYPE = "notify.message"
+
+
+class DeliveryFailed(RuntimeError):
+    """The channel layer refused the notification (for example, Redis is down)."""
+
+
+async def asend_notification(recipient: str, message: object) -> None:
+    """Deliver ``message`` to every connection registered as ``recipient``.
+
+    A string is delivered as-is; anything else as its JSON text. Raises
+    :class:`~notifications.protocol.InvalidNotification` for an unusable id
+    or message, and :class:`DeliveryFailed` when the channel layer cannot
+    take it (also counted and logged at WARNING).
+    """
+    validate_recipient(recipient)
+    await deliver(recipient, message_text(message))
+
+
+async def deliver(recipient: str, text: str) -> None:
+    """Hand a notification already validated by :mod:`notifications.protocol` to the layer."""
+    layer = get_channel_layer()
+    if layer is None:
+        raise DeliveryFailed("no channel layer is configured (CHANNEL_LAYERS)")
+    try:
+        await layer.group_send(group_name(recipient), {"type": EVENT_TYPE, "text": text})
+    except Exception as exc:
+        metrics.counters[metrics.UNDELIVERABLE] += 1
+        logger.warning("Undeliverable notification for %s: %s: %s", describe(recipient), type(exc).__name__, exc)
+        raise DeliveryFailed(f"the channel layer refused the notification: {exc}") from exc
+    metrics.counters[metrics.RELAYED] += 1
+
+
+def send_notification(recipient: str, message: object) -> None:
+    """Synchronous :func:`asend_notification`, for views, commands and admin actions."""
+    async_to_sync(asend_notification)(recipient, message)

@@ -1,0 +1,24 @@
+"""ASGI entry point: HTTP to Django, WebSocket to the notification consumer."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "notifyproject.settings")
+# Set up Django (apps, settings) before anything imports models or consumers.
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+
+from notifications.checks import refuse_to_start_on_errors  # noqa: E402
+from notifications.origins import NotificationOriginValidator  # noqa: E402
+from notifications.routing import websocket_urlpatterns  # noqa: E402
+
+refuse_to_start_on_errors()
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": NotificationOriginValidator(URLRouter(websocket_urlpatterns)),
+    }
+)

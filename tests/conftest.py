@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.servers import Daphne, RedisServer, start_daphne
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real Redis: REDIS_URL when set, else a redis-server the suite starts and stops."""
+    url = os.environ.get("REDIS_URL", "").strip()
+    if url:
+        yield url
+        return
+    server = RedisServer.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def in_memory_layer(settings: pytest.FixtureRequest) -> None:
+    """Consumer tests run on the embedded default layer, whatever the environment says."""
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "notifications.layers.InMemoryLayer"}}
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A channel-layer prefix of the test's own, so tests sharing a Redis never see each other."""
+    return f"test{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def daphne_factory(tmp_path: Path) -> Iterator[Callable[..., Daphne]]:
+    """Start real daphne processes; all are stopped when the test ends."""
+    started: list[Daphne] = []
+
+    def start(env: dict[str, str | None] | None = None, extra_args: tuple[str, ...] = ()) -> Daphne:
+        base: dict[str, str | None] = {
+            "DJANGO_DEBUG": "1",
+            # One key for every process, as in production (sessions work across them).
+            "DJANGO_SECRET_KEY": "test-only-secret-key-not-for-production-0123456789",
+            "REDIS_URL": None,
+            "LOG_LEVEL": "INFO",
+        }
+        base.update(env or {})
+        server = start_daphne(env=base, log_dir=tmp_path, extra_args=extra_args)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def daphne(daphne_factory: Callable[..., Daphne]) -> Daphne:
+    """One daphne on the embedded default (in-memory layer)."""
+    return daphne_factory()
+
+
+@pytest.fixture
+def redis_daphne_pair(
+    daphne_factory: Callable[..., Daphne], redis_url: str, redis_prefix: str
+) -> tuple[Daphne, Daphne]:
+    """Two daphne processes sharing one real Redis through channels-redis."""
+    env = {"REDIS_URL": redis_url, "REDIS_PREFIX": redis_prefix}
+    return daphne_factory(env), daphne_factory(env)

