@@ -66,3 +66,27 @@ def refuse_to_start_on_errors() -> None:
     if errors:
         lines = [f"{m.id}: {m.msg}" + (f" {m.hint}" if m.hint else "") for m in errors]
         raise SystemExit("Configuration error: " + "\nConfiguration error: ".join(lines))
+
+
+@register()
+def check_registry_timing(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    flush, heartbeat, stale = conf.REGISTRY_FLUSH_INTERVAL, conf.HEARTBEAT_INTERVAL, conf.STALE_AFTER
+    if min(flush, heartbeat, stale) <= 0:
+        return [
+            Error(
+                "NOTIFICATIONS_REGISTRY_FLUSH_INTERVAL, NOTIFICATIONS_HEARTBEAT_INTERVAL and "
+                f"NOTIFICATIONS_STALE_AFTER must be positive (they are {flush}, {heartbeat} and {stale}).",
+                id="notifications.E004",
+            )
+        ]
+    if stale < 2 * heartbeat:
+        # One late heartbeat (a busy database, a pause) must not get a live process purged.
+        return [
+            Error(
+                f"NOTIFICATIONS_STALE_AFTER ({stale} s) is less than twice NOTIFICATIONS_HEARTBEAT_INTERVAL "
+                f"({heartbeat} s): live processes would be purged.",
+                hint="Set NOTIFY_STALE_AFTER to at least twice NOTIFY_HEARTBEAT_INTERVAL.",
+                id="notifications.E005",
+            )
+        ]
+    return []

@@ -30,6 +30,29 @@ class Settings:
         return str(getattr(settings, "NOTIFICATIONS_GROUP_PREFIX", "notify."))
 
     @property
+    def REGISTRY_ENABLED(self) -> bool:
+        """Whether server processes record their live connections in the database."""
+        return bool(getattr(settings, "NOTIFICATIONS_REGISTRY_ENABLED", True))
+
+    @property
+    def REGISTRY_FLUSH_INTERVAL(self) -> float:
+        """Seconds a process gathers connection events before writing them in one transaction."""
+        return float(getattr(settings, "NOTIFICATIONS_REGISTRY_FLUSH_INTERVAL", 0.2))
+
+    @property
+    def HEARTBEAT_INTERVAL(self) -> float:
+        """Seconds between a process's heartbeats (also when it purges stale processes)."""
+        return float(getattr(settings, "NOTIFICATIONS_HEARTBEAT_INTERVAL", 10.0))
+
+    @property
+    def STALE_AFTER(self) -> float:
+        """Seconds without a heartbeat after which a process counts as dead and its rows are purged.
+
+        Rows of a killed process vanish within ``STALE_AFTER + HEARTBEAT_INTERVAL``.
+        """
+        return float(getattr(settings, "NOTIFICATIONS_STALE_AFTER", 30.0))
+
+    @property
     def SERVER_URL(self) -> str:
         """WebSocket address of the server, used by ``notify`` when the layer is process-local."""
         return str(getattr(settings, "NOTIFICATIONS_SERVER_URL", "ws://127.0.0.1:8765/"))

@@ -12,6 +12,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from notifications import metrics
 from notifications.conf import conf
 from notifications.protocol import GREETING, Register, Relay, describe, group_name, parse_frame
+from notifications.registry import registry
 from notifications.sending import DeliveryFailed, deliver
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class NotificationConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         await self.accept()
         await self.send(text_data=GREETING)
+        registry.connected(self.temp_id, self.channel_name, self.scope)
         metrics.counters[metrics.CONNECTIONS_OPEN] += 1
         logger.info(
             "Client %s connected from %s. Connections total: %d",
@@ -53,6 +55,7 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         )
 
     async def disconnect(self, code: int) -> None:
+        registry.disconnected(self.temp_id)  # first: even if leaving a group fails
         for group in self.recipients.values():
             await self.channel_layer.group_discard(group, self.channel_name)
         metrics.counters[metrics.CONNECTIONS_OPEN] -= 1
@@ -66,6 +69,7 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         self.recipients.clear()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        registry.active(self.temp_id)
         if text_data is None:
             self._reject("binary frame")
             return
@@ -93,6 +97,7 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         group = group_name(recipient)
         await self.channel_layer.group_add(group, self.channel_name)
         self.recipients[recipient] = group
+        registry.registered(self.temp_id, recipient)
         logger.info("Client %s registered as %s", self.temp_id, describe(recipient))
 
     async def notify_message(self, event: dict[str, Any]) -> None:

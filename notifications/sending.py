@@ -14,12 +14,26 @@ validate, deliver and account for failures the same way.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
+from channels.layers import BaseChannelLayer, get_channel_layer
 
 from notifications import metrics
+from notifications.presence import aconnection_count, ais_online, connection_count, is_online
 from notifications.protocol import describe, group_name, message_text, validate_recipient
+
+__all__ = [
+    "DeliveryFailed",
+    "aconnection_count",
+    "ais_online",
+    "asend_notification",
+    "asend_to_connections",
+    "connection_count",
+    "is_online",
+    "send_notification",
+    "send_to_connections",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +56,16 @@ async def asend_notification(recipient: str, message: object) -> None:
     await deliver(recipient, message_text(message))
 
 
-async def deliver(recipient: str, text: str) -> None:
-    """Hand a notification already validated by :mod:`notifications.protocol` to the layer."""
+def _layer() -> BaseChannelLayer:
     layer = get_channel_layer()
     if layer is None:
         raise DeliveryFailed("no channel layer is configured (CHANNEL_LAYERS)")
+    return layer
+
+
+async def deliver(recipient: str, text: str) -> None:
+    """Hand a notification already validated by :mod:`notifications.protocol` to the layer."""
+    layer = _layer()
     try:
         await layer.group_send(group_name(recipient), {"type": EVENT_TYPE, "text": text})
     except Exception as exc:
@@ -59,3 +78,33 @@ async def deliver(recipient: str, text: str) -> None:
 def send_notification(recipient: str, message: object) -> None:
     """Synchronous :func:`asend_notification`, for views, commands and admin actions."""
     async_to_sync(asend_notification)(recipient, message)
+
+
+async def asend_to_connections(channel_names: Iterable[str], message: object) -> int:
+    """Deliver ``message`` to particular connections, whatever ids they registered.
+
+    ``channel_names`` come from the registry (:class:`~notifications.models.Connection`).
+    Returns how many of them the channel layer accepted; each refusal is
+    counted and logged at WARNING. Raises
+    :class:`~notifications.protocol.InvalidNotification` for an unusable message.
+    """
+    text = message_text(message)
+    layer = _layer()
+    reached = 0
+    for channel_name in channel_names:
+        try:
+            await layer.send(channel_name, {"type": EVENT_TYPE, "text": text})
+        except Exception as exc:
+            metrics.counters[metrics.UNDELIVERABLE] += 1
+            logger.warning(
+                "Undeliverable notification for connection %s: %s: %s", channel_name, type(exc).__name__, exc
+            )
+            continue
+        metrics.counters[metrics.RELAYED] += 1
+        reached += 1
+    return reached
+
+
+def send_to_connections(channel_names: Iterable[str], message: object) -> int:
+    """Synchronous :func:`asend_to_connections`, for the admin action and other sync code."""
+    return async_to_sync(asend_to_connections)(list(channel_names), message)

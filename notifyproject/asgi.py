@@ -12,9 +12,11 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from notifications.checks import refuse_to_start_on_errors  # noqa: E402
 from notifications.origins import NotificationOriginValidator  # noqa: E402
+from notifications.registry import registry  # noqa: E402
 from notifications.routing import websocket_urlpatterns  # noqa: E402
 
 refuse_to_start_on_errors()
+registry.start_with_daphne()
 
 application = ProtocolTypeRouter(
     {

@@ -38,6 +38,19 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+def env_seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise config_error(f"{name}={raw!r} is not a positive number of seconds.")
+    return value
+
+
 DEBUG = env_bool("DJANGO_DEBUG", False)
 
 # A missing key with DEBUG off is reported by the system check notifications.E001,
@@ -175,6 +188,11 @@ else:
 # "null" allows pages opened from disk). A missing Origin (Python and other
 # non-browser clients) is always accepted. See README, "Locking it down".
 NOTIFICATIONS_ALLOWED_ORIGINS = env_list("NOTIFY_ALLOWED_ORIGINS", ["*"])
+
+# The live-connection registry (notifications/registry.py): each process beats a
+# heartbeat; the rows of a process silent for NOTIFY_STALE_AFTER seconds are purged.
+NOTIFICATIONS_HEARTBEAT_INTERVAL = env_seconds("NOTIFY_HEARTBEAT_INTERVAL", 10.0)
+NOTIFICATIONS_STALE_AFTER = env_seconds("NOTIFY_STALE_AFTER", 30.0)
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:

@@ -6,8 +6,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from django.db import connection
 
-from tests.servers import Daphne, RedisServer, start_daphne
+from tests.servers import Daphne, RedisServer, start_daphne, url_of_database
 
 
 @pytest.fixture(scope="session")
@@ -36,9 +37,19 @@ def redis_prefix() -> str:
     return f"test{uuid.uuid4().hex[:12]}"
 
 
+@pytest.fixture(scope="session")
+def database_url(django_db_setup: None) -> str:
+    """The address of the test database (set up by pytest-django), for the processes the tests start.
+
+    daphne processes write their live connections there, and tests marked
+    ``django_db(transaction=True)`` read what they wrote.
+    """
+    return url_of_database(connection.settings_dict)
+
+
 @pytest.fixture
-def daphne_factory(tmp_path: Path) -> Iterator[Callable[..., Daphne]]:
-    """Start real daphne processes; all are stopped when the test ends."""
+def daphne_factory(tmp_path: Path, database_url: str) -> Iterator[Callable[..., Daphne]]:
+    """Start real daphne processes on the test database; all are stopped when the test ends."""
     started: list[Daphne] = []
 
     def start(env: dict[str, str | None] | None = None, extra_args: tuple[str, ...] = ()) -> Daphne:
@@ -46,6 +57,7 @@ def daphne_factory(tmp_path: Path) -> Iterator[Callable[..., Daphne]]:
             "DJANGO_DEBUG": "1",
             # One key for every process, as in production (sessions work across them).
             "DJANGO_SECRET_KEY": "test-only-secret-key-not-for-production-0123456789",
+            "DATABASE_URL": database_url,
             "REDIS_URL": None,
             "LOG_LEVEL": "INFO",
         }

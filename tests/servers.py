@@ -11,9 +11,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -57,6 +59,28 @@ async def wait_until(condition: Callable[[], bool], *, seconds: float, interval:
     async with asyncio.timeout(seconds):
         while not condition():  # noqa: ASYNC110 (the event is in another process: nothing to await)
             await asyncio.sleep(interval)
+
+
+async def eventually(condition: Callable[[], Awaitable[bool]], *, seconds: float, interval: float = 0.05) -> None:
+    """Await ``condition`` (a database query, say) until it is true, or fail after ``seconds``."""
+    async with asyncio.timeout(seconds):
+        while not await condition():  # noqa: ASYNC110 (the event is in another process: nothing to await)
+            await asyncio.sleep(interval)
+
+
+def url_of_database(settings_dict: Mapping[str, Any]) -> str:
+    """A ``DATABASE_URL`` for the database Django's ``settings_dict`` describes (SQLite or PostgreSQL)."""
+    engine, name = settings_dict["ENGINE"], str(settings_dict["NAME"])
+    if engine == "django.db.backends.sqlite3":
+        return f"sqlite:///{Path(name).resolve()}"
+    if engine == "django.db.backends.postgresql":
+        user = quote(settings_dict.get("USER") or "", safe="")
+        password = quote(settings_dict.get("PASSWORD") or "", safe="")
+        credentials = f"{user}:{password}@" if password else f"{user}@" if user else ""
+        host = settings_dict.get("HOST") or "localhost"
+        port = f":{settings_dict['PORT']}" if settings_dict.get("PORT") else ""
+        return f"postgres://{credentials}{host}{port}/{quote(name, safe='')}"
+    raise ValueError(f"no DATABASE_URL for the engine {engine}")
 
 
 def redis_server_binary() -> str | None:

@@ -1,0 +1,188 @@
+"""The Django admin: live connections and server processes, read-only, staff only.
+
+Rows are written by the server processes (:mod:`notifications.registry`);
+nobody adds, edits or deletes them here. The one action sends a message to
+the selected connections through :mod:`notifications.sending`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.db.models import Count, QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.timesince import timesince
+
+from notifications.conf import conf
+from notifications.models import Connection, ServerProcess
+from notifications.protocol import InvalidNotification, message_text
+from notifications.sending import DeliveryFailed, send_to_connections
+
+# One id shown in the list is cut here; the detail page shows them whole.
+SHOWN_ID_LENGTH = 40
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class RegisteredFilter(admin.SimpleListFilter):
+    title = "registered"
+    parameter_name = "registered"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [("yes", "Registered"), ("no", "Not registered")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Connection]) -> QuerySet[Connection]:
+        if self.value() == "yes":
+            return queryset.filter(registered_at__isnull=False)
+        if self.value() == "no":
+            return queryset.filter(registered_at__isnull=True)
+        return queryset
+
+
+class SendMessageForm(forms.Form):
+    message = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 4, "cols": 60}),
+        max_length=65536,
+        strip=False,
+        help_text="Delivered as one text frame, exactly as typed.",
+    )
+
+    def clean_message(self) -> str:
+        message = self.cleaned_data["message"]
+        try:
+            return message_text(message)
+        except InvalidNotification as exc:
+            raise forms.ValidationError(str(exc)) from exc
+
+
+def _short(recipient: str) -> str:
+    return recipient if len(recipient) <= SHOWN_ID_LENGTH else recipient[:SHOWN_ID_LENGTH] + "…"
+
+
+@admin.register(Connection)
+class ConnectionAdmin(ReadOnlyAdmin):
+    list_display = [
+        "temp_id",
+        "registered_ids",
+        "client_address",
+        "process",
+        "connected_at",
+        "connected_for",
+        "registered_at",
+        "last_activity_at",
+        "user_agent",
+        "origin",
+        "channel_name",
+    ]
+    list_select_related = ["process"]
+    list_filter = [RegisteredFilter, "process"]
+    search_fields = ["temp_id", "registrations__recipient", "client_address"]
+    search_help_text = "Search by temporary id, registered id or client address."
+    ordering = ["-connected_at", "temp_id"]
+    list_per_page = 100
+    actions = ["send_message"]
+    fields = [
+        "temp_id",
+        "all_registered_ids",
+        "process",
+        "channel_name",
+        "connected_at",
+        "connected_for",
+        "registered_at",
+        "last_activity_at",
+        "client_address",
+        "user_agent",
+        "origin",
+    ]
+    readonly_fields = ["all_registered_ids", "connected_for"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Connection]:
+        # One query for the ids of the whole page, not one per row.
+        return super().get_queryset(request).prefetch_related("registrations")
+
+    @admin.display(description="registered ids")
+    def registered_ids(self, obj: Connection) -> str:
+        # Client-chosen text: returned as a plain string, which the admin escapes.
+        return ", ".join(_short(r.recipient) for r in obj.registrations.all()) or "—"
+
+    @admin.display(description="registered ids")
+    def all_registered_ids(self, obj: Connection) -> str:
+        return "\n".join(r.recipient for r in obj.registrations.all()) or "—"
+
+    @admin.display(description="connected for")
+    def connected_for(self, obj: Connection) -> str:
+        return timesince(obj.connected_at)
+
+    def has_send_notification_permission(self, request: HttpRequest) -> bool:
+        opts = self.opts
+        return request.user.has_perm(f"{opts.app_label}.send_notification")
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        totals = Connection.objects.aggregate(connections=Count("pk"), registered=Count("registered_at"))
+        extra_context = {**(extra_context or {}), "totals": totals, "processes": ServerProcess.objects.count()}
+        return super().changelist_view(request, extra_context)
+
+    @admin.action(description="Send a message to the selected connections", permissions=["send_notification"])
+    def send_message(self, request: HttpRequest, queryset: QuerySet[Connection]) -> HttpResponse | None:
+        form = SendMessageForm(request.POST if "apply" in request.POST else None)
+        if form.is_bound and form.is_valid():
+            channel_names = list(queryset.values_list("channel_name", flat=True))
+            try:
+                reached = send_to_connections(channel_names, form.cleaned_data["message"])
+            except DeliveryFailed as exc:
+                self.message_user(request, f"Nothing was sent: {exc}", messages.ERROR)
+                return None
+            level = messages.SUCCESS if reached == len(channel_names) else messages.WARNING
+            self.message_user(request, f"Sent to {reached} of {len(channel_names)} selected connections.", level)
+            return None
+        select_across = request.POST.get("select_across") == "1"
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Send a message to the selected connections",
+            "opts": self.opts,
+            "form": form,
+            "count": queryset.count(),
+            "select_across": select_across,
+            "selected": [] if select_across else request.POST.getlist(ACTION_CHECKBOX_NAME),
+            "action_checkbox_name": ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/notifications/connection/send_message.html", context)
+
+
+@admin.register(ServerProcess)
+class ServerProcessAdmin(ReadOnlyAdmin):
+    list_display = ["host", "pid", "id", "started_at", "heartbeat_at", "status", "connections"]
+    list_filter = ["host"]
+    search_fields = ["host", "id"]
+    ordering = ["host", "pid", "started_at"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ServerProcess]:
+        return super().get_queryset(request).annotate(connection_count=Count("connections"))
+
+    @admin.display(description="connections", ordering="connection_count")
+    def connections(self, obj: ServerProcess) -> str:
+        url = reverse("admin:notifications_connection_changelist")
+        return format_html('<a href="{}?process__id__exact={}">{}</a>', url, obj.pk, obj.connection_count)
+
+    @admin.display(description="status")
+    def status(self, obj: ServerProcess) -> str:
+        age = datetime.now(tz=UTC) - obj.heartbeat_at
+        if age > timedelta(seconds=conf.STALE_AFTER):
+            return f"no heartbeat for {timesince(obj.heartbeat_at)}: purged at the next heartbeat of any process"
+        return "alive"

@@ -1,0 +1,42 @@
+"""Who is online: presence queries on the registry of live connections.
+
+Each is one indexed query (on the registered id) that leaves out processes
+whose heartbeat stopped, so a crashed process's connections never count.
+A connection shows up here within ``NOTIFICATIONS_REGISTRY_FLUSH_INTERVAL``
+(0.2 s by default) of registering. :mod:`notifications.sending` re-exports
+these functions.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from django.db.models import QuerySet
+
+from notifications.conf import conf
+from notifications.models import Registration
+
+
+def _registrations(recipient: str) -> QuerySet[Registration]:
+    cutoff = datetime.now(tz=UTC) - timedelta(seconds=conf.STALE_AFTER)
+    return Registration.objects.filter(recipient=recipient, connection__process__heartbeat_at__gte=cutoff)
+
+
+def is_online(recipient: str) -> bool:
+    """Whether at least one live connection registered ``recipient``."""
+    return _registrations(recipient).exists()
+
+
+def connection_count(recipient: str) -> int:
+    """How many live connections registered ``recipient`` (on every server process)."""
+    return _registrations(recipient).count()
+
+
+async def ais_online(recipient: str) -> bool:
+    """Async :func:`is_online`."""
+    return await _registrations(recipient).aexists()
+
+
+async def aconnection_count(recipient: str) -> int:
+    """Async :func:`connection_count`."""
+    return await _registrations(recipient).acount()
