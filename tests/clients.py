@@ -77,3 +77,47 @@ async def receives_nothing(ws: ClientConnection, within: float = 0.5) -> bool:
     except TimeoutError:
         return True
     raise AssertionError(f"unexpected frame: {data!r}")
+
+
+class AdminSession:
+    """A browser's session with the Django admin of a real server: cookies, CSRF, login form."""
+
+    def __init__(self, base_url: str) -> None:
+        import http.cookiejar
+        import urllib.request
+
+        self.base_url = base_url.rstrip("/")
+        self.cookies = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.cookies))
+
+    def _csrf_token(self) -> str:
+        return next(cookie.value for cookie in self.cookies if cookie.name == "csrftoken")
+
+    def get(self, path: str) -> tuple[int, str]:
+        import urllib.error
+
+        try:
+            with self.opener.open(self.base_url + path, timeout=TIMEOUT) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def post(self, path: str, data: list[tuple[str, str]]) -> tuple[int, str]:
+        import urllib.error
+        import urllib.parse
+        import urllib.request
+
+        body = urllib.parse.urlencode([*data, ("csrfmiddlewaretoken", self._csrf_token())]).encode()
+        request = urllib.request.Request(self.base_url + path, data=body, method="POST")
+        try:
+            with self.opener.open(request, timeout=TIMEOUT) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def log_in(self, username: str, password: str) -> None:
+        self.get("/admin/login/")  # sets the CSRF cookie
+        status, page = self.post(
+            "/admin/login/?next=/admin/", [("username", username), ("password", password), ("next", "/admin/")]
+        )
+        assert status == 200 and "Log out" in page, f"admin login failed ({status})"

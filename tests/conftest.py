@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from django.db import connection
+from asgiref.sync import sync_to_async
+from django.db import connection, connections
 
 from tests.servers import Daphne, RedisServer, start_daphne, url_of_database
 
@@ -45,6 +46,18 @@ def database_url(django_db_setup: None) -> str:
     ``django_db(transaction=True)`` read what they wrote.
     """
     return url_of_database(connection.settings_dict)
+
+
+@pytest.fixture
+async def async_db() -> AsyncIterator[None]:
+    """For async tests that query the database: close the worker thread's connection afterwards.
+
+    Django's async ORM and ``sync_to_async`` run queries in a worker thread
+    whose connection nothing else closes, which would keep PostgreSQL from
+    dropping the test database at the end.
+    """
+    yield
+    await sync_to_async(connections.close_all)()
 
 
 @pytest.fixture

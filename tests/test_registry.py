@@ -1,0 +1,251 @@
+"""The live-connection registry, with real daphne processes, real clients and the real database."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import connection
+
+from notifications.models import Connection, ServerProcess
+from notifications.registry import purge_stale
+from notifications.sending import aconnection_count, ais_online, connection_count, is_online
+from tests.clients import open_client, register, register_confirmed
+from tests.servers import Daphne, eventually
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("async_db")]
+
+HEARTBEAT, STALE_AFTER = 0.3, 1.5
+FAST_HEARTBEAT = {"NOTIFY_HEARTBEAT_INTERVAL": str(HEARTBEAT), "NOTIFY_STALE_AFTER": str(STALE_AFTER)}
+# Rows show up within the flush interval (0.2 s); polling and a busy machine get the rest.
+SOON = 5.0
+
+
+@sync_to_async
+def rows(*servers: Daphne) -> dict[str, dict[str, Any]]:
+    """The connection rows the given processes wrote, by temporary id, with the ids each registered."""
+    pids = [server.process.pid for server in servers]
+    return {
+        c.temp_id: {
+            "pid": c.process.pid,
+            "ids": sorted(r.recipient for r in c.registrations.all()),
+            "channel_name": c.channel_name,
+            "client_address": c.client_address,
+            "user_agent": c.user_agent,
+            "origin": c.origin,
+            "connected_at": c.connected_at,
+            "registered_at": c.registered_at,
+            "last_activity_at": c.last_activity_at,
+        }
+        for c in Connection.objects.filter(process__pid__in=pids)
+        .select_related("process")
+        .prefetch_related("registrations")
+    }
+
+
+@sync_to_async
+def process_rows(server: Daphne) -> int:
+    return ServerProcess.objects.filter(pid=server.process.pid).count()
+
+
+def until(check: Callable[[dict[str, dict[str, Any]]], bool], *servers: Daphne) -> Callable[[], Any]:
+    async def condition() -> bool:
+        return check(await rows(*servers))
+
+    return condition
+
+
+async def test_rows_follow_connect_register_and_disconnect(daphne: Daphne) -> None:
+    ws = await open_client(daphne.url, user_agent_header="field-client/2.1", origin="https://app.example.com")
+    await eventually(until(lambda r: len(r) == 1, daphne), seconds=SOON)
+    [(temp_id, row)] = (await rows(daphne)).items()
+    assert temp_id in daphne.log()  # the id the consumer logs
+    assert row["client_address"] == "127.0.0.1"
+    assert row["user_agent"] == "field-client/2.1"
+    assert row["origin"] == "https://app.example.com"
+    assert row["channel_name"]
+    assert row["registered_at"] is None
+    assert row["ids"] == []
+
+    await register_confirmed(ws, "tab-b")
+    await register(ws, "tab-a")
+    await eventually(until(lambda r: r[temp_id]["ids"] == ["tab-a", "tab-b"], daphne), seconds=SOON)
+    row = (await rows(daphne))[temp_id]
+    assert row["connected_at"] <= row["registered_at"]
+
+    await ws.close()
+    await eventually(until(lambda r: r == {}, daphne), seconds=SOON)
+
+
+async def test_what_a_client_supplies_is_bounded_before_it_is_stored(daphne: Daphne) -> None:
+    longest_id = "é" * 255
+    ws = await open_client(daphne.url, user_agent_header="A" * 5000, origin="https://" + "o" * 400 + ".example")
+    await register(ws, longest_id)
+    for i in range(30):
+        await register(ws, f"id-{i}")
+    await eventually(until(lambda r: len(r) == 1 and len(next(iter(r.values()))["ids"]) == 16, daphne), seconds=SOON)
+    [row] = (await rows(daphne)).values()
+    assert longest_id in row["ids"]
+    assert len(row["user_agent"]) == 512
+    assert len(row["origin"]) == 255
+    assert "already 16 ids registered" in daphne.log()
+    await ws.close()
+
+
+async def test_a_killed_process_rows_vanish_within_the_bound_and_the_others_stay(
+    daphne_factory: Callable[..., Daphne],
+) -> None:
+    killed, survivor = daphne_factory(FAST_HEARTBEAT), daphne_factory(FAST_HEARTBEAT)
+    clients = [await open_client(server.url) for server in (killed, survivor) for _ in range(3)]
+    for i, ws in enumerate(clients):
+        await register(ws, f"user-{i}")
+    await eventually(until(lambda r: sum(len(row["ids"]) for row in r.values()) == 6, killed, survivor), seconds=SOON)
+
+    killed.stop(signal.SIGKILL)
+    # Purged by the survivor within STALE_AFTER + one heartbeat; one more second for polling.
+    await eventually(until(lambda r: r == {}, killed), seconds=STALE_AFTER + HEARTBEAT + 1.0)
+    assert await process_rows(killed) == 0
+    assert len(await rows(survivor)) == 3
+    assert await process_rows(survivor) == 1
+    for ws in clients[3:]:
+        await ws.close()
+
+
+async def test_a_stopped_process_removes_its_rows_on_the_way_out(daphne: Daphne) -> None:
+    clients = [await open_client(daphne.url) for _ in range(3)]
+    await eventually(until(lambda r: len(r) == 3, daphne), seconds=SOON)
+    # daphne cancels its connections on SIGTERM without running disconnect();
+    # the process removes its rows itself, without waiting for the 30 s bound.
+    daphne.stop(signal.SIGTERM)
+    assert await rows(daphne) == {}
+    assert await process_rows(daphne) == 0
+    assert "removed this process's 3 connection rows" in daphne.log()
+    del clients
+
+
+async def test_a_new_process_purges_what_a_crashed_one_on_its_host_left_behind(
+    daphne_factory: Callable[..., Daphne],
+) -> None:
+    crashed = daphne_factory()  # the default 30 s bound: too long to be what cleans up here
+    clients = [await open_client(crashed.url) for _ in range(2)]
+    await eventually(until(lambda r: len(r) == 2, crashed), seconds=SOON)
+    crashed.stop(signal.SIGKILL)
+    successor = daphne_factory()
+    await eventually(until(lambda r: r == {}, crashed), seconds=SOON)
+    assert await process_rows(crashed) == 0
+    assert "purged 2 connections of 1 earlier server processes on this host" in successor.log()
+    del clients
+
+
+async def test_a_process_purged_while_alive_writes_its_rows_again(daphne_factory: Callable[..., Daphne]) -> None:
+    server = daphne_factory({"NOTIFY_HEARTBEAT_INTERVAL": str(HEARTBEAT)})
+    ws = await open_client(server.url)
+    await register(ws, "still-here")
+    await eventually(until(lambda r: [row["ids"] for row in r.values()] == [["still-here"]], server), seconds=SOON)
+    before = await rows(server)
+
+    result = await sync_to_async(purge_stale)(stale_after=0)  # as if it had missed its heartbeats
+    assert result.connections == 1
+    await eventually(until(lambda r: r.keys() == before.keys(), server), seconds=SOON)
+    assert (await rows(server)) == before
+    assert "this process's rows were purged" in server.log()
+    await ws.close()
+
+
+@sync_to_async
+def rename_table(old: str, new: str) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(f"ALTER TABLE {connection.ops.quote_name(old)} RENAME TO {connection.ops.quote_name(new)}")
+
+
+async def test_writes_that_fail_are_retried_and_no_disconnect_is_lost(daphne: Daphne) -> None:
+    leaving = await open_client(daphne.url)
+    await register(leaving, "leaving")
+    await eventually(until(lambda r: len(r) == 1, daphne), seconds=SOON)
+
+    await rename_table("notifications_registration", "notifications_registration_away")
+    try:
+        await leaving.close()
+        arriving = await open_client(daphne.url)
+        await register(arriving, "arriving")
+        await eventually(_in_log(daphne, "Registry: cannot write to the database"), seconds=SOON)
+    finally:
+        await rename_table("notifications_registration_away", "notifications_registration")
+
+    await eventually(until(lambda r: [row["ids"] for row in r.values()] == [["arriving"]], daphne), seconds=SOON)
+    log = daphne.log()
+    assert log.count("Registry: cannot write to the database") == 1  # one line per outage, not per attempt
+    assert "Registry: writing to the database again" in log
+    assert "Traceback" not in log
+    await arriving.close()
+
+
+def _in_log(server: Daphne, text: str) -> Callable[[], Any]:
+    async def condition() -> bool:
+        return text in server.log()
+
+    return condition
+
+
+@pytest.mark.redis
+async def test_presence_counts_the_connections_of_an_id_on_every_process(
+    redis_daphne_pair: tuple[Daphne, Daphne],
+) -> None:
+    a, b = redis_daphne_pair
+    tab_a, tab_b, other = await open_client(a.url), await open_client(b.url), await open_client(a.url)
+    await register(tab_a, "present")
+    await register(tab_b, "present")
+    await register(other, "someone-else")
+
+    async def count_is(n: int) -> Callable[[], Any]:
+        async def condition() -> bool:
+            return await aconnection_count("present") == n
+
+        return condition
+
+    await eventually(await count_is(2), seconds=SOON)
+    assert await ais_online("present")
+    assert await sync_to_async(is_online)("present")
+    assert await sync_to_async(connection_count)("present") == 2
+    assert not await ais_online("absent")
+    assert not await ais_online("PRESENT")  # ids are exact strings
+
+    await tab_a.close()
+    await eventually(await count_is(1), seconds=SOON)
+    await tab_b.close()
+    await eventually(await count_is(0), seconds=SOON)
+    assert not await ais_online("present")
+    await other.close()
+
+
+@pytest.mark.redis
+async def test_two_hundred_clients_connecting_and_disconnecting_at_once_leave_no_errors_and_no_rows(
+    redis_daphne_pair: tuple[Daphne, Daphne],
+) -> None:
+    a, b = redis_daphne_pair
+    clients = await asyncio.gather(*(open_client((a, b)[i % 2].url) for i in range(200)))
+    await asyncio.gather(*(register(ws, f"burst-{i}") for i, ws in enumerate(clients)))
+    await eventually(until(lambda r: sum(len(row["ids"]) for row in r.values()) == 200, a, b), seconds=20)
+    assert len(await rows(a, b)) == 200
+
+    await asyncio.gather(*(ws.close() for ws in clients))
+    assert {ws.close_code for ws in clients} == {1000}
+
+    # Churn: each connects, registers and leaves at once, often inside one flush.
+    async def visit(i: int) -> int | None:
+        ws = await open_client((a, b)[i % 2].url)
+        await register(ws, f"churn-{i}")
+        await ws.close()
+        return ws.close_code
+
+    assert set(await asyncio.gather(*(visit(i) for i in range(200)))) == {1000}
+    await eventually(until(lambda r: r == {}, a, b), seconds=20)
+    for server in (a, b):
+        log = server.log()
+        assert "database is locked" not in log
+        assert "Registry: cannot write" not in log
+        assert "Traceback" not in log
