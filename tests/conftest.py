@@ -3,12 +3,15 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.db import connection, connections
 
+from notifications.models import Connection, Registration, ServerProcess
 from tests.servers import Daphne, RedisServer, start_daphne, url_of_database
 
 
@@ -97,3 +100,47 @@ def redis_daphne_pair(
     """Two daphne processes sharing one real Redis through channels-redis."""
     env = {"REDIS_URL": redis_url, "REDIS_PREFIX": redis_prefix}
     return daphne_factory(env), daphne_factory(env)
+
+
+@pytest.fixture
+def live_connections(db: None) -> Callable[..., list[Connection]]:
+    """Write connection rows as a server process would (for admin and command tests without a server)."""
+    counter = iter(range(1_000_000))
+
+    def make(
+        count: int = 1,
+        *,
+        process: ServerProcess | None = None,
+        ids: tuple[str, ...] = (),
+        heartbeat_age: float = 0.0,
+        **fields: Any,
+    ) -> list[Connection]:
+        now = datetime.now(tz=UTC)
+        if process is None:
+            n = next(counter)
+            process = ServerProcess.objects.create(
+                id=uuid.uuid4().hex,
+                host=f"host-{n}",
+                pid=1000 + n,
+                started_at=now - timedelta(hours=1),
+                heartbeat_at=now - timedelta(seconds=heartbeat_age),
+            )
+        connections = [
+            Connection(
+                temp_id=uuid.uuid4().hex,
+                process=process,
+                channel_name=f"specific.test!{uuid.uuid4().hex}",
+                connected_at=now - timedelta(minutes=i + 1),
+                registered_at=now if ids else None,
+                last_activity_at=now,
+                client_address=fields.get("client_address", "192.0.2.10"),
+                user_agent=fields.get("user_agent", "field-client/1.0"),
+                origin=fields.get("origin", ""),
+            )
+            for i in range(count)
+        ]
+        Connection.objects.bulk_create(connections)
+        Registration.objects.bulk_create([Registration(connection=c, recipient=r) for c in connections for r in ids])
+        return connections
+
+    return make
