@@ -12,7 +12,7 @@ from asgiref.sync import sync_to_async
 from django.db import connection, connections
 
 from notifications.models import Connection, Registration, ServerProcess
-from tests.servers import Daphne, RedisServer, start_daphne, url_of_database
+from tests.servers import Daphne, Nginx, RedisServer, require_program, start_daphne, start_nginx, url_of_database
 
 
 @pytest.fixture(scope="session")
@@ -144,3 +144,19 @@ def live_connections(db: None) -> Callable[..., list[Connection]]:
         return connections
 
     return make
+
+
+@pytest.fixture
+def nginx_factory(tmp_path: Path) -> Iterator[Callable[[Daphne], Nginx]]:
+    """Start a real nginx with deploy/nginx/notify.conf in front of a daphne process."""
+    binary = require_program("nginx", install_hint="apt-get install nginx (Debian/Ubuntu)")
+    started: list[Nginx] = []
+
+    def start(upstream: Daphne) -> Nginx:
+        server = start_nginx(binary, upstream=upstream.port, prefix=tmp_path / f"nginx-{len(started)}")
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import socket
@@ -25,7 +26,8 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 def require_program(name: str, *, install_hint: str) -> str:
     """The path of a system program; skip the test without it (fail under CI=true)."""
-    path = shutil.which(name)
+    # Daemons such as nginx live in sbin, which is not on every user's PATH.
+    path = shutil.which(name) or shutil.which(name, path="/usr/local/sbin:/usr/sbin:/sbin")
     if path:
         return path
     message = f"{name} is not installed: {install_hint}"
@@ -184,4 +186,86 @@ def start_daphne(
     except Exception as exc:
         server.stop(signal.SIGKILL)
         raise RuntimeError(f"daphne did not start: {exc}\n{server.log()}") from exc
+    return server
+
+
+@dataclass
+class Nginx:
+    """An nginx process serving the project's deploy/nginx/notify.conf in front of daphne."""
+
+    host: str
+    port: int
+    process: subprocess.Popen
+    prefix: Path
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.host}:{self.port}/"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+
+NGINX_SITE = ROOT / "deploy" / "nginx" / "notify.conf"
+
+
+def start_nginx(binary: str, *, upstream: int, prefix: Path, host: str = "127.0.0.1") -> Nginx:
+    """Start nginx with the shipped site config on ``host``, proxying to the daphne on port ``upstream``."""
+    port = free_port()
+    site = NGINX_SITE.read_text().replace("listen 80;", f"listen {host}:{port};", 1)
+    upstream_block = f"upstream notify_daphne {{ server 127.0.0.1:{upstream}; }}"
+    site = re.sub(r"upstream notify_daphne \{[^}]*\}", upstream_block, site)
+    prefix.mkdir(parents=True, exist_ok=True)
+    temp = prefix / "temp"
+    temp.mkdir(exist_ok=True)
+    temp.chmod(0o777)  # nginx's workers may run as another user when the tests run as root
+    (prefix / "notify.conf").write_text(site)
+    paths = "\n".join(
+        f"    {kind}_temp_path {temp / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    (prefix / "nginx.conf").write_text(
+        f"""daemon off;
+worker_processes 1;
+pid {prefix / "nginx.pid"};
+error_log {prefix / "error.log"} warn;
+events {{ worker_connections 512; }}
+http {{
+    access_log off;
+{paths}
+    include {prefix / "notify.conf"};
+}}
+"""
+    )
+    process = subprocess.Popen(
+        [binary, "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(prefix / "nginx.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    server = Nginx(host=host, port=port, process=process, prefix=prefix)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"nginx exited with {process.returncode}")
+            try:
+                with socket.create_connection((host, port), timeout=0.5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+    except Exception as exc:
+        server.stop()
+        log = (prefix / "error.log").read_text(errors="replace") if (prefix / "error.log").exists() else ""
+        raise RuntimeError(f"nginx did not start: {exc}\n{log}") from exc
     return server

@@ -95,3 +95,27 @@ def test_the_log_level_comes_from_the_environment() -> None:
         env={"LOG_LEVEL": "warning", "DJANGO_SETTINGS_MODULE": "notifyproject.settings", "DJANGO_DEBUG": "1"},
     )
     assert result.stdout.strip() == str(30), result.stderr
+
+
+@pytest.mark.parametrize(
+    ("heartbeat", "stale_after", "error"),
+    [(0, 30, "notifications.E004"), (10, -1, "notifications.E004"), (10, 15, "notifications.E005")],
+)
+def test_registry_timings_that_would_purge_live_processes_fail_the_checks(
+    settings: pytest.FixtureRequest, heartbeat: float, stale_after: float, error: str
+) -> None:
+    settings.NOTIFICATIONS_HEARTBEAT_INTERVAL = heartbeat
+    settings.NOTIFICATIONS_STALE_AFTER = stale_after
+    assert error in error_ids(run_checks())
+
+
+def test_the_default_registry_timings_pass_the_checks() -> None:
+    assert not {"notifications.E004", "notifications.E005"} & error_ids(run_checks())
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-5"])
+def test_a_bad_registry_timing_in_the_environment_stops_start_up_with_one_line(value: str) -> None:
+    result = run("manage.py", "check", env={"DJANGO_DEBUG": "1", "NOTIFY_STALE_AFTER": value})
+    assert result.returncode != 0
+    assert f"Configuration error: NOTIFY_STALE_AFTER={value!r} is not a positive number of seconds." in result.stderr
+    assert "Traceback" not in result.stderr
