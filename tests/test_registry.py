@@ -151,7 +151,10 @@ async def test_a_process_purged_while_alive_writes_its_rows_again(daphne_factory
     result = await sync_to_async(purge_stale)(stale_after=0)  # as if it had missed its heartbeats
     assert result.connections == 1
     await eventually(until(lambda r: r.keys() == before.keys(), server), seconds=SOON)
-    assert (await rows(server)) == before
+    after = await rows(server)
+    for row in (*before.values(), *after.values()):
+        del row["last_activity_at"]  # may have moved on meanwhile
+    assert after == before
     assert "this process's rows were purged" in server.log()
     await ws.close()
 
