@@ -133,9 +133,6 @@ class Batch:
     activity: dict[str, float] = field(default_factory=dict)
     gone: set[str] = field(default_factory=set)
 
-    def __bool__(self) -> bool:
-        return bool(self.new or self.registrations or self.first_registered or self.activity or self.gone)
-
     def then(self, later: Batch) -> Batch:
         """This (failed) batch followed by a later one, as one batch."""
         gone = self.gone | later.gone
@@ -364,10 +361,10 @@ class Registry:
         next_beat = loop.time()
         retry_delay = conf.REGISTRY_FLUSH_INTERVAL
         while True:
-            due = next_beat - loop.time()
-            if failing or self._resync:
-                due = min(due, retry_delay)
-            if due > 0:
+            if failing:
+                # Events keep gathering in memory meanwhile; they do not hurry the retry.
+                await asyncio.sleep(retry_delay)
+            elif (due := next_beat - loop.time()) > 0:
                 try:
                     await asyncio.wait_for(self._wake.wait(), due)
                     # Woken by the first event: let more gather into the same transaction.
