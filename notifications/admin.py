@@ -159,7 +159,8 @@ class ConnectionAdmin(ReadOnlyAdmin):
             "form": form,
             "count": queryset.count(),
             "select_across": select_across,
-            "selected": [] if select_across else request.POST.getlist(ACTION_CHECKBOX_NAME),
+            # Django acts only on a POST that names selected rows, even when all are selected.
+            "selected": request.POST.getlist(ACTION_CHECKBOX_NAME),
             "action_checkbox_name": ACTION_CHECKBOX_NAME,
         }
         return TemplateResponse(request, "admin/notifications/connection/send_message.html", context)

@@ -198,6 +198,26 @@ class TestSendAction:
         assert "The message goes to 2 selected connections" in page
         assert 'name="message"' in page
 
+    @pytest.mark.usefixtures("in_memory_layer")
+    def test_selecting_all_sends_to_every_connection_the_filter_selects(
+        self, admin_client: Client, live_connections: Callable[..., list[Connection]]
+    ) -> None:
+        on_first_page = live_connections(3, ids=("registered",))[:1]
+        live_connections(2)
+        url = f"{CONNECTIONS}?registered=yes"
+        # What the admin's "Select all 3" sends: the page's checked rows, and select_across.
+        selection = {
+            "action": "send_message",
+            "select_across": "1",
+            "index": "0",
+            "_selected_action": [c.pk for c in on_first_page],
+        }
+        form = admin_client.post(url, selection).content.decode()
+        assert "The message goes to 3 selected connections" in form
+        assert 'name="select_across" value="1"' in form
+        response = admin_client.post(url, {**selection, "apply": "1", "message": "to all registered"}, follow=True)
+        assert "Sent to 3 of 3 selected connections." in response.content.decode()
+
     def test_a_message_that_cannot_be_delivered_is_refused_with_the_reason(
         self, admin_client: Client, live_connections: Callable[..., list[Connection]]
     ) -> None:
