@@ -36,6 +36,20 @@ def require_program(name: str, *, install_hint: str) -> str:
     pytest.skip(message)
 
 
+def child_env(overrides: Mapping[str, str | None]) -> dict[str, str]:
+    """The environment of a project process the tests start: ours, with ``overrides`` (None unsets).
+
+    Children use the project's own settings module, as users run them.
+    """
+    env = dict(os.environ, PYTHON=sys.executable, DJANGO_SETTINGS_MODULE="notifyproject.settings")
+    for key, value in overrides.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -164,13 +178,7 @@ def start_daphne(
 ) -> Daphne:
     """Start ``bin/daphne`` on a free port with ``env`` over the current environment (None unsets)."""
     port = port or free_port()
-    full_env = dict(os.environ)
-    full_env.update({"PYTHON": sys.executable, "DJANGO_SETTINGS_MODULE": "notifyproject.settings"})
-    for key, value in env.items():
-        if value is None:
-            full_env.pop(key, None)
-        else:
-            full_env[key] = value
+    full_env = child_env(env)
     log_path = log_dir / f"daphne-{port}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(

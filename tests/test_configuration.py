@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,17 +9,13 @@ from pathlib import Path
 import pytest
 from django.core.checks import run_checks
 
-from tests.servers import ROOT, start_daphne
+from tests.servers import ROOT, child_env, start_daphne
 
 
 def run(*args: str, env: dict[str, str | None]) -> subprocess.CompletedProcess[str]:
-    full_env = dict(os.environ, DJANGO_SETTINGS_MODULE="notifyproject.settings")
-    for key, value in env.items():
-        if value is None:
-            full_env.pop(key, None)
-        else:
-            full_env[key] = value
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=child_env(env), capture_output=True, text=True, timeout=60
+    )
 
 
 def error_ids(settings_errors: list) -> set[str]:

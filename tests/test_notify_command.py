@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Callable
 
 from tests.clients import open_client, receive, register_confirmed
-from tests.servers import ROOT, Daphne, free_port
+from tests.servers import ROOT, Daphne, child_env, free_port
 
 
 def manage(*args: str, env: dict[str, str | None]) -> subprocess.CompletedProcess[str]:
-    full_env = dict(os.environ, DJANGO_DEBUG="1", DJANGO_SETTINGS_MODULE="notifyproject.settings")
-    for key, value in env.items():
-        if value is None:
-            full_env.pop(key, None)
-        else:
-            full_env[key] = value
     return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=60
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=child_env({"DJANGO_DEBUG": "1", **env}),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
