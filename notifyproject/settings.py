@@ -161,8 +161,12 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 
-# Behind nginx (deploy/), the proxy terminates TLS.
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Behind nginx (deploy/nginx/notify.conf, which overwrites X-Forwarded-Proto),
+# the proxy terminates TLS. Trusted only in that mode: a client talking to
+# daphne directly could otherwise claim https.
+BEHIND_PROXY = env_bool("NOTIFY_BEHIND_PROXY", False)
+if BEHIND_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 # Channel layers: the in-memory layer for one process (nothing to install),
 # Redis pub/sub through channels-redis when REDIS_URL is set (several daphne

@@ -114,3 +114,13 @@ def test_a_bad_registry_timing_in_the_environment_stops_start_up_with_one_line(v
     assert result.returncode != 0
     assert f"Configuration error: NOTIFY_STALE_AFTER={value!r} is not a positive number of seconds." in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("behind_proxy", "trusted"), [("1", True), ("0", False), (None, False)])
+def test_x_forwarded_proto_is_trusted_only_behind_the_proxy(behind_proxy: str | None, trusted: bool) -> None:
+    code = (
+        "import django; django.setup(); from django.conf import settings; "
+        "print(getattr(settings, 'SECURE_PROXY_SSL_HEADER', None) is not None)"
+    )
+    result = run("-c", code, env={"NOTIFY_BEHIND_PROXY": behind_proxy, "DJANGO_DEBUG": "1"})
+    assert result.stdout.strip() == str(trusted), result.stderr
