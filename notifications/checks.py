@@ -11,7 +11,7 @@ from django.core.exceptions import ImproperlyConfigured
 from notifications.conf import conf
 
 
-@register(Tags.security, deploy=False)
+@register(Tags.security, deploy=True)
 def check_secret_key(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     try:
         key = settings.SECRET_KEY
@@ -54,15 +54,29 @@ def check_limits(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     ):
         if value < 1:
             errors.append(Error(f"{name} is {value}; it must be at least 1.", id="notifications.E003"))
+    from notifications.models import Registration
+
+    column = Registration._meta.get_field("recipient").max_length
+    if column < conf.MAX_RECIPIENT_LENGTH:
+        # The registry stores every registered id; a longer one would fail its writes.
+        errors.append(
+            Error(
+                f"NOTIFICATIONS_MAX_RECIPIENT_LENGTH is {conf.MAX_RECIPIENT_LENGTH}; the registry stores at most "
+                f"{column} characters.",
+                id="notifications.E003",
+            )
+        )
     return errors
 
 
 def refuse_to_start_on_errors() -> None:
     """Stop a server process whose configuration fails a check, one line per error.
 
-    ``runserver`` runs the system checks, daphne does not; the ASGI module calls this.
+    ``runserver`` runs the system checks, daphne does not; the ASGI module calls
+    this. A server is a deployment, so the deployment checks run too (E001: a
+    management command such as ``notify`` needs no secret key, a server does).
     """
-    errors = [message for message in run_checks() if message.level >= ERROR]
+    errors = [message for message in run_checks(include_deployment_checks=True) if message.level >= ERROR]
     if errors:
         lines = [f"{m.id}: {m.msg}" + (f" {m.hint}" if m.hint else "") for m in errors]
         raise SystemExit("Configuration error: " + "\nConfiguration error: ".join(lines))

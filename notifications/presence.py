@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from channels.db import database_sync_to_async
 from django.db.models import QuerySet
 
 from notifications.conf import conf
@@ -32,11 +33,10 @@ def connection_count(recipient: str) -> int:
     return _registrations(recipient).count()
 
 
-async def ais_online(recipient: str) -> bool:
-    """Async :func:`is_online`."""
-    return await _registrations(recipient).aexists()
-
-
-async def aconnection_count(recipient: str) -> int:
-    """Async :func:`connection_count`."""
-    return await _registrations(recipient).acount()
+# Through database_sync_to_async rather than the async ORM: it closes the worker
+# thread's connection when it is old or broken, outside any HTTP request too
+# (consumers, background tasks), where nothing else would.
+ais_online = database_sync_to_async(is_online)
+ais_online.__doc__ = """Async :func:`is_online`."""
+aconnection_count = database_sync_to_async(connection_count)
+aconnection_count.__doc__ = """Async :func:`connection_count`."""

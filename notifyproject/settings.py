@@ -136,6 +136,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file-backed test database, so that daphne processes started by the tests share it.
     DATABASES["default"]["TEST"].setdefault("NAME", str(BASE_DIR / "test-db.sqlite3"))
 
+if DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3":
+    # The registry writes a few times a second per process: keep connections
+    # open (checked before reuse) rather than connect for every write.
+    DATABASES["default"]["CONN_MAX_AGE"] = 60
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -192,6 +198,10 @@ else:
 # "null" allows pages opened from disk). A missing Origin (Python and other
 # non-browser clients) is always accepted. See README, "Locking it down".
 NOTIFICATIONS_ALLOWED_ORIGINS = env_list("NOTIFY_ALLOWED_ORIGINS", ["*"])
+
+# Where `manage.py notify` finds the server when the channel layer is the
+# process-local in-memory one (bin/serve's address by default).
+NOTIFICATIONS_SERVER_URL = os.environ.get("NOTIFY_SERVER_URL", "").strip() or "ws://127.0.0.1:8765/"
 
 # The live-connection registry (notifications/registry.py): each process beats a
 # heartbeat; the rows of a process silent for NOTIFY_STALE_AFTER seconds are purged.

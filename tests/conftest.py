@@ -15,6 +15,17 @@ from notifications.models import Connection, Registration, ServerProcess
 from tests.servers import Daphne, Nginx, RedisServer, require_program, start_daphne, start_nginx, url_of_database
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that start daphne need the test database, which the daphne processes write to.
+
+    pytest-django creates it only when a collected test is marked ``django_db``;
+    transactional, so the test process holds no lock that the servers would wait on.
+    """
+    for item in items:
+        if "daphne_factory" in getattr(item, "fixturenames", ()) and item.get_closest_marker("django_db") is None:
+            item.add_marker(pytest.mark.django_db(transaction=True))
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """A real Redis: REDIS_URL when set, else a redis-server the suite starts and stops."""

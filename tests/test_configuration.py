@@ -25,14 +25,19 @@ def error_ids(settings_errors: list) -> set[str]:
 def test_a_missing_secret_key_with_debug_off_fails_the_checks(settings: pytest.FixtureRequest) -> None:
     settings.DEBUG = False
     settings.SECRET_KEY = ""
-    assert "notifications.E001" in error_ids(run_checks())
+    assert "notifications.E001" in error_ids(run_checks(include_deployment_checks=True))
 
 
-def test_a_missing_secret_key_stops_start_up_with_one_line() -> None:
-    result = run("manage.py", "check", env={"DJANGO_SECRET_KEY": None, "DJANGO_DEBUG": "0"})
+def test_a_missing_secret_key_fails_the_deployment_checks() -> None:
+    result = run("manage.py", "check", "--deploy", env={"DJANGO_SECRET_KEY": None, "DJANGO_DEBUG": "0"})
     assert result.returncode != 0
     assert "notifications.E001" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_management_commands_need_no_secret_key() -> None:
+    result = run("manage.py", "check", env={"DJANGO_SECRET_KEY": None, "DJANGO_DEBUG": "0"})
+    assert result.returncode == 0, result.stderr
 
 
 def test_daphne_refuses_to_start_without_a_secret_key(tmp_path: Path) -> None:
@@ -51,6 +56,12 @@ def test_debug_generates_a_development_key() -> None:
 def test_a_bad_origin_entry_fails_the_checks(settings: pytest.FixtureRequest) -> None:
     settings.NOTIFICATIONS_ALLOWED_ORIGINS = ["https://app.example.com/some/path"]
     assert "notifications.E002" in error_ids(run_checks())
+
+
+def test_ids_longer_than_the_registry_stores_fail_the_checks(settings: pytest.FixtureRequest) -> None:
+    settings.NOTIFICATIONS_MAX_RECIPIENT_LENGTH = 300
+    messages = [m for m in run_checks() if m.id == "notifications.E003"]
+    assert messages and "stores at most 255 characters" in messages[0].msg
 
 
 def test_a_limit_below_one_fails_the_checks(settings: pytest.FixtureRequest) -> None:

@@ -153,6 +153,14 @@ async def test_origin_policy_through_daphne(daphne_factory: Callable[..., Daphne
     assert refused.value.response.status_code == 403
 
 
+async def test_an_unknown_path_is_refused_with_one_log_line(daphne: Daphne) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        await open_client(daphne.url + "nope/")
+    assert refused.value.response.status_code == 403
+    await wait_until(lambda: "unknown path '/nope/'" in daphne.log(), seconds=5)
+    assert "Traceback" not in daphne.log()
+
+
 async def test_the_greeting_is_exact(daphne: Daphne) -> None:
     ws = await open_client(daphne.url)  # open_client asserts the greeting
     await ws.close()

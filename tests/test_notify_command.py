@@ -14,7 +14,7 @@ def manage(*args: str, env: dict[str, str | None]) -> subprocess.CompletedProces
     return subprocess.run(
         [sys.executable, "manage.py", *args],
         cwd=ROOT,
-        env=child_env({"DJANGO_DEBUG": "1", **env}),
+        env=child_env({"DJANGO_DEBUG": "1", "NOTIFY_SERVER_URL": None, **env}),
         capture_output=True,
         text=True,
         timeout=60,
@@ -42,6 +42,23 @@ async def test_notify_goes_through_the_servers_websocket_on_the_embedded_default
     assert result.returncode == 0, result.stderr
     assert await receive(ws) == "done"
     await ws.close()
+
+
+async def test_notify_finds_the_server_from_the_environment_without_debug_or_key(daphne: Daphne) -> None:
+    # A second terminal beside bin/serve: no DJANGO_DEBUG, no secret key, no --url.
+    ws = await open_client(daphne.url)
+    await register_confirmed(ws, "second-terminal")
+    env = {"REDIS_URL": None, "DJANGO_DEBUG": None, "DJANGO_SECRET_KEY": None, "NOTIFY_SERVER_URL": daphne.url}
+    result = manage("notify", "second-terminal", "image2video", env=env)
+    assert result.returncode == 0, result.stderr
+    assert await receive(ws) == "image2video"
+    await ws.close()
+
+
+def test_notify_refuses_to_send_connected_through_the_websocket(daphne: Daphne) -> None:
+    result = manage("notify", "someone", "connected", "--url", daphne.url, env={"REDIS_URL": None})
+    assert result.returncode == 1
+    assert result.stderr.startswith("CommandError: Cannot send the text 'connected' through the server's WebSocket")
 
 
 def test_notify_refuses_a_bad_id_with_one_line() -> None:

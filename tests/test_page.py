@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -53,6 +54,20 @@ async def test_a_page_registered_by_its_hash_receives_exactly_the_text_sent(brow
     await expect(page.locator("#log li").last).to_have_text('<img src=x onerror="window.pwned=1"> & done')
     assert await page.locator("#log img").count() == 0
     assert await page.evaluate("window.pwned") is None
+
+
+async def test_a_malformed_hash_still_registers_as_typed(browser: Browser, daphne: Daphne) -> None:
+    page = await open_page(browser, f"{daphne.http_url}/#%E0-id", status="registered as %E0-id")
+    await confirm_registered(page, "%E0-id")
+
+
+async def test_the_forms_work_only_while_the_socket_is_open(browser: Browser, daphne: Daphne) -> None:
+    page = await open_page(browser, f"{daphne.http_url}/")
+    await expect(page.locator("#send-form button")).to_be_enabled()
+    await asyncio.to_thread(daphne.stop)
+    await expect(page.locator("#status")).to_have_text("disconnected")
+    await expect(page.locator("#send-form button")).to_be_disabled()
+    await expect(page.locator("#register-form button")).to_be_disabled()
 
 
 async def test_a_page_sends_to_a_python_client(browser: Browser, daphne: Daphne) -> None:

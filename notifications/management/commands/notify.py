@@ -10,7 +10,7 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from notifications.conf import conf
-from notifications.protocol import InvalidNotification, message_text, validate_recipient
+from notifications.protocol import REGISTER_MESSAGE, InvalidNotification, message_text, validate_recipient
 from notifications.sending import DeliveryFailed, send_notification
 
 
@@ -41,6 +41,11 @@ class Command(BaseCommand):
             # command's own copy would reach nobody, so talk to the server instead.
             url = conf.SERVER_URL
         if url:
+            if message == REGISTER_MESSAGE:
+                raise CommandError(
+                    f"Cannot send the text {REGISTER_MESSAGE!r} through the server's WebSocket: protocol v1 "
+                    "reads it as a registration. Set REDIS_URL to send it through the channel layer."
+                )
             self._send_over_websocket(url, recipient, message)
             where = url
         else:

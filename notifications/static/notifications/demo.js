@@ -7,7 +7,19 @@
   const status = document.getElementById("status");
   const log = document.getElementById("log");
   const recipient = document.getElementById("recipient");
+  const buttons = document.querySelectorAll("form button");
   let greeted = false;
+
+  // Nothing can be sent before the socket is open and greeted.
+  buttons.forEach((button) => { button.disabled = true; });
+
+  function idFromHash() {
+    try {
+      return decodeURIComponent(window.location.hash.slice(1));
+    } catch (error) {
+      return window.location.hash.slice(1);  // not percent-encoded UTF-8: take it as typed
+    }
+  }
 
   function register(id) {
     socket.send(JSON.stringify({ recipient_uuid: id, message: "connected" }));
@@ -19,7 +31,8 @@
     if (!greeted) {
       greeted = true;  // the first frame is the server's greeting
       status.textContent = "connected";
-      const fromHash = decodeURIComponent(window.location.hash.slice(1));
+      buttons.forEach((button) => { button.disabled = false; });
+      const fromHash = idFromHash();
       if (fromHash) {
         recipient.value = fromHash;
         register(fromHash);
@@ -30,7 +43,10 @@
     item.textContent = event.data;
     log.appendChild(item);
   });
-  socket.addEventListener("close", () => { status.textContent = "disconnected"; });
+  socket.addEventListener("close", () => {
+    status.textContent = "disconnected";
+    buttons.forEach((button) => { button.disabled = true; });
+  });
 
   document.getElementById("register-form").addEventListener("submit", (event) => {
     event.preventDefault();

@@ -1,0 +1,60 @@
+"""bin/daphne, the one launch line: the keep-alive and lifetime flags every deployment gets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.servers import ROOT
+
+
+def launch_line(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> list[str]:
+    """The command bin/daphne runs, captured by a stand-in for Python that prints its arguments."""
+    stand_in = tmp_path / "python"
+    stand_in.write_text('#!/bin/sh\nfor arg in "$@"; do echo "$arg"; done\n')
+    stand_in.chmod(0o755)
+    result = subprocess.run(
+        [str(ROOT / "bin" / "daphne"), *args],
+        env={**os.environ, "PYTHON": str(stand_in), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return result.stdout.splitlines()
+
+
+def option(line: list[str], name: str) -> str:
+    return line[line.index(name) + 1]
+
+
+def test_connections_are_never_closed_for_their_age(tmp_path: Path) -> None:
+    # daphne's default --websocket_timeout of 86400 would cut every client off after a day.
+    assert option(launch_line(tmp_path), "--websocket_timeout") == "-1"
+
+
+def test_keepalive_is_a_ping_after_60_s_and_30_s_to_answer(tmp_path: Path) -> None:
+    line = launch_line(tmp_path)
+    assert (option(line, "--ping-interval"), option(line, "--ping-timeout")) == ("60", "30")
+
+
+def test_keepalive_can_be_tuned_from_the_environment(tmp_path: Path) -> None:
+    line = launch_line(tmp_path, env={"NOTIFY_PING_INTERVAL": "120", "NOTIFY_PING_TIMEOUT": "45"})
+    assert (option(line, "--ping-interval"), option(line, "--ping-timeout")) == ("120", "45")
+
+
+def test_other_daphne_options_pass_through_before_the_application(tmp_path: Path) -> None:
+    line = launch_line(tmp_path, "-b", "127.0.0.1", "-p", "9000")
+    assert line[:2] == ["-m", "daphne"]
+    assert option(line, "-p") == "9000"
+    assert line[-1] == "notifyproject.asgi:application"
+
+
+@pytest.mark.parametrize("script", ["serve"])
+def test_the_other_launch_scripts_go_through_bin_daphne(script: str) -> None:
+    text = (ROOT / "bin" / script).read_text()
+    assert "exec bin/daphne" in text
+    assert "-m daphne" not in text
