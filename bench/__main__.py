@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from bench.report import table
-from bench.runner import Options, run
+from bench.runner import SCENARIOS, SERVERS, Options, run
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "latest.json"
 QUICK_OUTPUT = DEFAULT_OUTPUT.with_name("quick.json")
@@ -23,7 +23,12 @@ QUICK_OUTPUT = DEFAULT_OUTPUT.with_name("quick.json")
 def parse_args(argv: list[str]) -> tuple[Options, Path]:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: few messages and connections, short windows")
-    parser.add_argument("--servers", default="baseline,project", help="comma-separated: baseline, project")
+    parser.add_argument(
+        "--servers",
+        default="baseline,project",
+        help=f"comma-separated, from: {', '.join(SERVERS)} (the last three: the project with another layer)",
+    )
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated: mass, idle, relay")
     parser.add_argument("--processes", type=int, default=1, help="daphne processes of the project (default 1)")
     parser.add_argument("--seconds", type=float, help="length of each relay run (default 10)")
     parser.add_argument("--connections", help="idle connection counts, comma-separated (default 2000,10000)")
@@ -36,6 +41,7 @@ def parse_args(argv: list[str]) -> tuple[Options, Path]:
         log_level=args.log_level,
         redis_url=os.environ.get("REDIS_URL", "").strip(),
         database_url=os.environ.get("DATABASE_URL", "").strip(),
+        scenarios=[s.strip() for s in args.scenarios.split(",") if s.strip()],
     )
     if args.quick:
         options.seconds, options.drain, options.saturation_limit = 1.0, 5.0, 500
@@ -44,9 +50,11 @@ def parse_args(argv: list[str]) -> tuple[Options, Path]:
         options.seconds = args.seconds
     if args.connections:
         options.connections = [int(n) for n in args.connections.split(",")]
-    unknown = set(options.servers) - {"baseline", "project"}
+    if set(options.scenarios) - set(SCENARIOS):
+        parser.error(f"unknown scenario(s) in {args.scenarios!r}; use {', '.join(SCENARIOS)}")
+    unknown = set(options.servers) - set(SERVERS)
     if unknown:
-        parser.error(f"unknown server(s): {', '.join(sorted(unknown))}; use baseline and/or project")
+        parser.error(f"unknown server(s): {', '.join(sorted(unknown))}; use {', '.join(SERVERS)}")
     output = args.output or (QUICK_OUTPUT if args.quick else DEFAULT_OUTPUT)
     return options, output
 

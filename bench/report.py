@@ -33,7 +33,8 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, str | None]]:
     """(label, JSON path, target) for every line of the table."""
     options = report["options"]
     lines: list[tuple[str, str, str | None]] = []
-    for rate in options["rates"]:
+    scenarios = options.get("scenarios", ["mass", "idle", "relay"])
+    for rate in options["rates"] if "relay" in scenarios else ():
         key = f"rate_{rate}"
         relative = "<= 10x baseline" if rate == 2000 else None
         lines += [
@@ -44,27 +45,35 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, str | None]]:
             (f"{rate} msg/s: server CPU per msg (µs)", f"{key}.cpu_us_per_msg", relative),
             (f"{rate} msg/s: Redis CPU per msg (µs)", f"{key}.redis_cpu_us_per_msg", None),
         ]
-    lines += [
-        ("saturation: delivered msgs/s", "saturation.delivered_rate", ">= 6,000 lossless"),
-        ("saturation: offered (sent) msgs/s", "saturation.send_rate", None),
-        ("saturation: lost / duplicated / misrouted", LOSS, "0"),
-        ("saturation: server CPU per msg (µs)", "saturation.cpu_us_per_msg", None),
-        ("saturation: latency p99 (ms)", "saturation.latency_p99_ms", None),
-    ]
-    for count in options["connections"]:
+    lines += (
+        []
+        if "relay" not in scenarios
+        else [
+            ("saturation: delivered msgs/s", "saturation.delivered_rate", ">= 6,000 lossless"),
+            ("saturation: offered (sent) msgs/s", "saturation.send_rate", None),
+            ("saturation: lost / duplicated / misrouted", LOSS, "0"),
+            ("saturation: server CPU per msg (µs)", "saturation.cpu_us_per_msg", None),
+            ("saturation: latency p99 (ms)", "saturation.latency_p99_ms", None),
+        ]
+    )
+    for count in options["connections"] if "idle" in scenarios else ():
         key = f"idle_{count}"
         lines += [
             (f"{count:,} idle: registered", f"{key}.registered", f"{count:,}"),
             (f"{count:,} idle: RSS per connection (KB)", f"{key}.rss_per_connection_kb", "<= 2x baseline"),
         ]
     mass = options["mass"]
-    lines += [
-        (f"{mass:,} at once: registered", "mass.registered", f"{mass:,}"),
-        (f"{mass:,} at once: connect+register per s", "mass.connect_register_rate", None),
-        (f"{mass:,} at once: closed by server", "mass.closed_by_server", "no 1011"),
-        (f"{mass:,} disconnect: close errors / server errors", "mass.close_errors|mass.server_log_errors", "0 / 0"),
-        (f"{mass:,} disconnect: stale group subscriptions", "mass.stale_group_subscriptions", "0"),
-    ]
+    lines += (
+        []
+        if "mass" not in scenarios
+        else [
+            (f"{mass:,} at once: registered", "mass.registered", f"{mass:,}"),
+            (f"{mass:,} at once: connect+register per s", "mass.connect_register_rate", None),
+            (f"{mass:,} at once: closed by server", "mass.closed_by_server", "no 1011"),
+            (f"{mass:,} disconnect: close errors / server errors", "mass.close_errors|mass.server_log_errors", "0 / 0"),
+            (f"{mass:,} disconnect: stale group subscriptions", "mass.stale_group_subscriptions", "0"),
+        ]
+    )
     return lines
 
 
@@ -84,7 +93,7 @@ def table(report: dict[str, Any]) -> str:
             values[name] = parts
             cells.append(" / ".join(_fmt(p) for p in parts))
         if "project / baseline" in header:
-            base, proj = values["baseline"][0], values["project"][0]
+            base, proj = values["baseline"][0], values["project"][0]  # the ratio is the project's
             ratio = "-"
             if "|" not in path and isinstance(base, int | float) and isinstance(proj, int | float) and base:
                 ratio = f"{proj / base:.1f}x"

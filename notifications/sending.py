@@ -48,7 +48,9 @@ async def deliver(recipient: str, text: str) -> None:
     if layer is None:
         raise DeliveryFailed("no channel layer is configured (CHANNEL_LAYERS)")
     try:
-        await layer.group_send(group_name(recipient), {"type": EVENT_TYPE, "text": text})
+        # The recipient travels along so that a layer that cannot queue the
+        # notification for a connection can say for whom it was.
+        await layer.group_send(group_name(recipient), {"type": EVENT_TYPE, "text": text, "recipient": recipient})
     except Exception as exc:
         metrics.counters[metrics.UNDELIVERABLE] += 1
         logger.warning("Undeliverable notification for %s: %s: %s", describe(recipient), type(exc).__name__, exc)
