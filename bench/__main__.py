@@ -46,6 +46,7 @@ def parse_args(argv: list[str]) -> tuple[Options, Path]:
     if args.quick:
         options.seconds, options.drain, options.saturation_limit = 1.0, 5.0, 500
         options.rates, options.connections, options.mass, options.idle_workers = [200], [100], 100, 1
+        options.settle = 0.2
     if args.seconds:
         options.seconds = args.seconds
     if args.connections:

@@ -100,6 +100,10 @@ def table(report: dict[str, Any]) -> str:
             cells.append(ratio)
         cells.append(target or "")
         out.append(cells)
+    for name in names:
+        for scenario, result in results[name].items():
+            if isinstance(result, dict) and "error" in result:
+                out.append([f"{name} failed {scenario}: {result['error']}"[:200], *[""] * (len(header) - 1)])
     machine = report["machine"]
     widths = [max(len(row[i]) for row in out) for i in range(len(header))]
     lines = ["| " + " | ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) + " |" for row in out]

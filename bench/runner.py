@@ -47,12 +47,13 @@ class Options:
     processes: int = 1
     rates: list[int] = field(default_factory=lambda: [400, 2000])
     seconds: float = 10.0
-    saturation_limit: int = 100_000
+    saturation_limit: int = 50_000
     drain: float = 10.0
     connections: list[int] = field(default_factory=lambda: [2000, 10000])
     mass: int = 2000
     idle_workers: int = 2
     scenarios: list[str] = field(default_factory=lambda: list(SCENARIOS))
+    settle: float = 2.0  # seconds before reading memory, so that allocations settle
     log_level: str = "WARNING"
     redis_url: str = ""
     database_url: str = ""
@@ -291,7 +292,7 @@ async def relay(server: Running, *, rate: int, seconds: float, limit: int, drain
     }
 
 
-async def idle(server: Running, *, count: int, workers: int, concurrency: int, settle: float = 2.0) -> dict[str, Any]:
+async def idle(server: Running, *, count: int, workers: int, concurrency: int, settle: float) -> dict[str, Any]:
     """Connect and register ``count`` clients, measure memory, then close them all at once."""
     run = uuid.uuid4().hex[:8]
     specific0 = server.subscriptions("specific.*")
@@ -359,31 +360,54 @@ async def idle(server: Running, *, count: int, workers: int, concurrency: int, s
     }
 
 
+async def attempt(scenario: Any) -> dict[str, Any]:
+    """Run one scenario; a server that fails it is part of the result, not the end of the run."""
+    try:
+        return await scenario
+    except Exception as exc:
+        for worker in _workers:
+            worker.kill()
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
 async def measure(name: str, env_: Environment, options: Options, progress: Any) -> dict[str, Any]:
     result: dict[str, Any] = {"server": name}
     if "mass" in options.scenarios:
         with start_server(name, env_) as server:
             progress(f"{name}: connect+register {options.mass} at once, then disconnect them at once")
-            result["mass"] = await idle(server, count=options.mass, workers=1, concurrency=options.mass)
+            result["mass"] = await attempt(
+                idle(server, count=options.mass, workers=1, concurrency=options.mass, settle=options.settle)
+            )
     for count in options.connections if "idle" in options.scenarios else ():
         with start_server(name, env_) as server:
             progress(f"{name}: {count} idle registered connections")
-            result[f"idle_{count}"] = await idle(
-                server, count=count, workers=options.idle_workers, concurrency=min(count, 250)
+            result[f"idle_{count}"] = await attempt(
+                idle(
+                    server,
+                    count=count,
+                    workers=options.idle_workers,
+                    concurrency=min(count, 250),
+                    settle=options.settle,
+                )
             )
     if "relay" not in options.scenarios:
         return result
     with start_server(name, env_) as server:
         progress(f"{name}: warm-up")
-        await relay(server, rate=1000, seconds=1, limit=1000, drain=5)
+        warm = await attempt(relay(server, rate=1000, seconds=1, limit=1000, drain=5))
+        if "error" in warm:
+            result["relay"] = warm
+            return result
         for rate in options.rates:
             progress(f"{name}: {rate} msg/s for {options.seconds:g} s")
-            result[f"rate_{rate}"] = await relay(
-                server, rate=rate, seconds=options.seconds, limit=int(rate * options.seconds), drain=options.drain
+            result[f"rate_{rate}"] = await attempt(
+                relay(
+                    server, rate=rate, seconds=options.seconds, limit=int(rate * options.seconds), drain=options.drain
+                )
             )
         progress(f"{name}: saturation ({options.saturation_limit} messages, at most {options.seconds:g} s)")
-        result["saturation"] = await relay(
-            server, rate=0, seconds=options.seconds, limit=options.saturation_limit, drain=options.drain
+        result["saturation"] = await attempt(
+            relay(server, rate=0, seconds=options.seconds, limit=options.saturation_limit, drain=options.drain)
         )
     return result
 

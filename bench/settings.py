@@ -12,3 +12,5 @@ from notifyproject.settings import *  # noqa: F403
 from notifyproject.settings import CHANNEL_LAYERS
 
 CHANNEL_LAYERS["default"]["BACKEND"] = os.environ["BENCH_CHANNEL_LAYER"]
+if "channels_redis" not in CHANNEL_LAYERS["default"]["BACKEND"] and "Redis" not in CHANNEL_LAYERS["default"]["BACKEND"]:
+    CHANNEL_LAYERS["default"].pop("CONFIG", None)  # the in-memory layer takes no Redis hosts

@@ -156,6 +156,21 @@ class _Shard(RedisSingleShardConnection):
                     if not done.done():
                         done.set_result(None)
 
+    async def _do_receiving(self) -> None:
+        # The library polls with a 0.1 s timeout per message (a timer armed and
+        # cancelled for every notification); blocking reads need none.
+        while True:
+            try:
+                if self._pubsub is not None and self._pubsub.subscribed:
+                    self._receive_message(await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=None))
+                else:
+                    await asyncio.sleep(0.1)
+            except (asyncio.CancelledError, TimeoutError, GeneratorExit):
+                raise
+            except Exception as exc:
+                logger.warning("Reading from Redis failed, retrying in 1 s: %s: %s", type(exc).__name__, exc)
+                await asyncio.sleep(1)
+
     def _receive_message(self, message: dict[str, Any] | None) -> None:
         if message is None:
             return
@@ -230,6 +245,14 @@ class RedisPubSubLayer(RedisPubSubChannelLayer):
 
     ``capacity`` (in ``CONFIG``, default 1,000) bounds each connection's queue.
     """
+
+    # The hot calls, defined here rather than resolved by the library's
+    # __getattr__, which builds a partial and a proxy coroutine per call.
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        await self._get_layer().group_send(group, message)
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        return await self._get_layer().receive(channel)
 
     def _get_layer(self) -> _LoopLayer:
         loop = asyncio.get_running_loop()
