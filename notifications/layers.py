@@ -233,6 +233,14 @@ class _LoopLayer(RedisPubSubLoopLayer):
             raise
         return self.channel_layer.deserialize(message)
 
+    async def group_discard(self, group: str, channel: str) -> None:
+        # A consumer leaving while Redis is down must not crash: its membership
+        # is gone here, and Redis forgets the subscription with the connection.
+        try:
+            await super().group_discard(group, channel)
+        except Exception as exc:
+            logger.warning("Could not unsubscribe group %s from Redis: %s: %s", group, type(exc).__name__, exc)
+
     async def _unsubscribe(self, channel: str) -> None:
         try:
             await self._get_shard(channel).unsubscribe(channel)
