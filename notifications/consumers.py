@@ -89,9 +89,10 @@ class NotificationConsumer(AsyncWebsocketConsumer):
                 await deliver(action.recipient, action.text)
             except DeliveryFailed:
                 return  # counted and logged by deliver(); the sender's connection stays open
-            logger.info(
-                "Client %s relayed %d characters to %s", self.temp_id, len(action.text), describe(action.recipient)
-            )
+            if logger.isEnabledFor(logging.INFO):  # describe() costs, once per relayed message
+                logger.info(
+                    "Client %s relayed %d characters to %s", self.temp_id, len(action.text), describe(action.recipient)
+                )
         elif isinstance(action, Register):
             await self._register(action.recipient)
         else:

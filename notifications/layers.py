@@ -201,6 +201,10 @@ class _Shard(RedisSingleShardConnection):
             self._publisher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._publisher
+        while self._outbox:  # nobody may wait forever for a publish that will not happen
+            _, _, done = self._outbox.popleft()
+            if not done.done():
+                done.set_exception(RuntimeError("the channel layer was flushed before this message was published"))
         await super().flush()
 
 
