@@ -52,6 +52,7 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, str | None]]:
             ("saturation: delivered msgs/s", "saturation.delivered_rate", ">= 6,000 lossless"),
             ("saturation: offered (sent) msgs/s", "saturation.send_rate", None),
             ("saturation: lost / duplicated / misrouted", LOSS, "0"),
+            ("saturation: dropped, as the server logged", "saturation.server_undeliverable_logged", "0"),
             ("saturation: server CPU per msg (µs)", "saturation.cpu_us_per_msg", None),
             ("saturation: latency p99 (ms)", "saturation.latency_p99_ms", None),
         ]

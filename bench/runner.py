@@ -87,6 +87,11 @@ class Running:
         text = "".join(path.read_text(errors="replace") for path in self.log_paths)[since:]
         return [line for line in text.splitlines() if " ERROR " in line or " CRITICAL " in line or "Traceback" in line]
 
+    def undeliverable_logged(self, since: int) -> int:
+        """WARNING lines of notifications the server could not deliver (dropped, not just late)."""
+        text = "".join(path.read_text(errors="replace") for path in self.log_paths)[since:]
+        return text.count("Undeliverable notification for ")
+
     def subscriptions(self, pattern: str) -> int | None:
         if self.redis is None:
             return None
@@ -289,6 +294,7 @@ async def relay(server: Running, *, rate: int, seconds: float, limit: int, drain
         "sender_errors": sent["errors"],
         "receivers_closed": got["closed"],
         "server_log_errors": len(server.log_problems(log0)),
+        "server_undeliverable_logged": server.undeliverable_logged(log0),
     }
 
 
