@@ -51,6 +51,7 @@ def check_limits(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     for name, value in (
         ("NOTIFICATIONS_MAX_RECIPIENT_LENGTH", conf.MAX_RECIPIENT_LENGTH),
         ("NOTIFICATIONS_MAX_IDS_PER_CONNECTION", conf.MAX_IDS_PER_CONNECTION),
+        ("NOTIFICATIONS_MAX_QUEUED_MESSAGES", conf.MAX_QUEUED_MESSAGES),
     ):
         if value < 1:
             errors.append(Error(f"{name} is {value}; it must be at least 1.", id="notifications.E003"))

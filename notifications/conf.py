@@ -25,6 +25,16 @@ class Settings:
         return int(getattr(settings, "NOTIFICATIONS_MAX_IDS_PER_CONNECTION", 16))
 
     @property
+    def MAX_QUEUED_MESSAGES(self) -> int:
+        """Notifications that may wait for one connection whose client stopped reading.
+
+        Beyond that, newer notifications for it are dropped, counted and logged
+        (the connection stays open), so that a stuck client cannot grow the
+        server's memory.
+        """
+        return int(getattr(settings, "NOTIFICATIONS_MAX_QUEUED_MESSAGES", 1000))
+
+    @property
     def GROUP_PREFIX(self) -> str:
         """Prefix of the channel-layer group names that recipients map to."""
         return str(getattr(settings, "NOTIFICATIONS_GROUP_PREFIX", "notify."))

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
+from collections import deque
 from typing import Any
 
 from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from notifications import metrics
+from notifications import backpressure, metrics
 from notifications.conf import conf
 from notifications.protocol import GREETING, Register, Relay, describe, group_name, parse_frame
 from notifications.registry import registry
@@ -30,6 +32,11 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         super().__init__(*args, **kwargs)
         self.temp_id = uuid.uuid4().hex
         self.recipients: dict[str, str] = {}  # id -> group name, in registration order
+        # Notifications waiting while the client's socket takes nothing (see _hold).
+        self.backlog: deque[str] = deque()
+        self.window: backpressure.WriteWindow | None = None
+        self.dropped = 0  # notifications dropped since the client stopped reading
+        self.drainer: asyncio.Future[None] | None = None
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels runs close_old_connections() in a worker thread before every
@@ -44,6 +51,9 @@ class NotificationConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         await self.accept()
+        self.window = backpressure.watch(self.base_send)
+        if self.window is not None:
+            self.window.on_resume = self._drain_soon
         await self.send(text_data=GREETING)
         registry.connected(self.temp_id, self.channel_name, self.scope)
         metrics.counters[metrics.CONNECTIONS_OPEN] += 1
@@ -58,6 +68,10 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         registry.disconnected(self.temp_id)  # first: even if leaving a group fails
         for group in self.recipients.values():
             await self.channel_layer.group_discard(group, self.channel_name)
+        if self.backlog:  # the client left before it read them
+            metrics.counters[metrics.UNDELIVERABLE] += len(self.backlog)
+            logger.warning("Client %s left with %d notifications unsent", self.temp_id, len(self.backlog))
+            self.backlog.clear()
         metrics.counters[metrics.CONNECTIONS_OPEN] -= 1
         logger.info(
             "Client %s disconnected (code %s, %d ids). Connections total: %d",
@@ -79,9 +93,10 @@ class NotificationConsumer(AsyncWebsocketConsumer):
                 await deliver(action.recipient, action.text)
             except DeliveryFailed:
                 return  # counted and logged by deliver(); the sender's connection stays open
-            logger.info(
-                "Client %s relayed %d characters to %s", self.temp_id, len(action.text), describe(action.recipient)
-            )
+            if logger.isEnabledFor(logging.INFO):  # describe() costs, once per relayed message
+                logger.info(
+                    "Client %s relayed %d characters to %s", self.temp_id, len(action.text), describe(action.recipient)
+                )
         elif isinstance(action, Register):
             await self._register(action.recipient)
         else:
@@ -101,7 +116,45 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         logger.info("Client %s registered as %s", self.temp_id, describe(recipient))
 
     async def notify_message(self, event: dict[str, Any]) -> None:
-        await self.send(text_data=event["text"])
+        window = self.window
+        if window is None or not (window.paused or self.backlog):
+            await self.send(text_data=event["text"])
+            return
+        self._hold(event)
+
+    def _hold(self, event: dict[str, Any]) -> None:
+        # The client is not reading: its socket and Twisted's 64 KiB buffer are
+        # full. Up to NOTIFICATIONS_MAX_QUEUED_MESSAGES wait here, in order;
+        # beyond that, new ones are dropped, counted and logged. The connection
+        # stays open: clients in the field never reconnect, one that is merely
+        # slow gets everything after it catches up, and one that is gone is
+        # dropped by the keep-alive ping.
+        if len(self.backlog) < conf.MAX_QUEUED_MESSAGES:
+            self.backlog.append(event["text"])
+            if self.window is not None and not self.window.paused:
+                self._drain_soon()
+            return
+        self.dropped += 1
+        metrics.counters[metrics.UNDELIVERABLE] += 1
+        metrics.counters[metrics.NOT_READING] += 1
+        recipient = event.get("recipient")
+        logger.warning(
+            "Undeliverable notification for %s: client %s is not reading (%d notifications waiting)",
+            describe(recipient) if isinstance(recipient, str) else "an unknown recipient",
+            self.temp_id,
+            len(self.backlog),
+        )
+
+    def _drain_soon(self) -> None:
+        if self.backlog and (self.drainer is None or self.drainer.done()):
+            self.drainer = asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        while self.backlog and self.window is not None and not self.window.paused:
+            await self.send(text_data=self.backlog.popleft())
+        if not self.backlog and self.dropped:
+            logger.warning("Client %s reads again; %d notifications were dropped meanwhile", self.temp_id, self.dropped)
+            self.dropped = 0
 
     def _reject(self, reason: str) -> None:
         metrics.counters[metrics.REJECTED_FRAMES] += 1

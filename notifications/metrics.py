@@ -12,7 +12,9 @@ counters: Counter[str] = Counter()
 
 CONNECTIONS_OPEN = "connections_open"
 RELAYED = "relayed"
-UNDELIVERABLE = "undeliverable"
+UNDELIVERABLE = "undeliverable"  # every notification not delivered to a connection, whatever the cause
+LAYER_FULL = "layer_full"  # ... of which: a connection's channel-layer queue was full
+NOT_READING = "not_reading"  # ... of which: its client had stopped reading, NOTIFICATIONS_MAX_QUEUED_MESSAGES waited
 REJECTED_FRAMES = "rejected_frames"
 
 

@@ -67,7 +67,9 @@ async def deliver(recipient: str, text: str) -> None:
     """Hand a notification already validated by :mod:`notifications.protocol` to the layer."""
     layer = _layer()
     try:
-        await layer.group_send(group_name(recipient), {"type": EVENT_TYPE, "text": text})
+        # The recipient travels along so that a layer that cannot queue the
+        # notification for a connection can say for whom it was.
+        await layer.group_send(group_name(recipient), {"type": EVENT_TYPE, "text": text, "recipient": recipient})
     except Exception as exc:
         metrics.counters[metrics.UNDELIVERABLE] += 1
         logger.warning("Undeliverable notification for %s: %s: %s", describe(recipient), type(exc).__name__, exc)

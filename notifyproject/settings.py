@@ -208,6 +208,15 @@ NOTIFICATIONS_SERVER_URL = os.environ.get("NOTIFY_SERVER_URL", "").strip() or "w
 NOTIFICATIONS_HEARTBEAT_INTERVAL = env_seconds("NOTIFY_HEARTBEAT_INTERVAL", 10.0)
 NOTIFICATIONS_STALE_AFTER = env_seconds("NOTIFY_STALE_AFTER", 30.0)
 
+# Notifications that may wait for a client that stopped reading; newer ones are
+# dropped and counted (see notifications/conf.py).
+try:
+    NOTIFICATIONS_MAX_QUEUED_MESSAGES = int(os.environ.get("NOTIFY_MAX_QUEUED_MESSAGES", "1000"))
+except ValueError:
+    raise config_error(
+        f"NOTIFY_MAX_QUEUED_MESSAGES={os.environ['NOTIFY_MAX_QUEUED_MESSAGES']!r} is not a whole number."
+    ) from None
+
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
     raise config_error(f"LOG_LEVEL={LOG_LEVEL!r} is not a log level; use DEBUG, INFO, WARNING, ERROR or CRITICAL.")

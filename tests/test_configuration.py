@@ -64,9 +64,20 @@ def test_ids_longer_than_the_registry_stores_fail_the_checks(settings: pytest.Fi
     assert messages and "stores at most 255 characters" in messages[0].msg
 
 
-def test_a_limit_below_one_fails_the_checks(settings: pytest.FixtureRequest) -> None:
-    settings.NOTIFICATIONS_MAX_IDS_PER_CONNECTION = 0
+@pytest.mark.parametrize(
+    "setting",
+    ["NOTIFICATIONS_MAX_IDS_PER_CONNECTION", "NOTIFICATIONS_MAX_RECIPIENT_LENGTH", "NOTIFICATIONS_MAX_QUEUED_MESSAGES"],
+)
+def test_a_limit_below_one_fails_the_checks(settings: pytest.FixtureRequest, setting: str) -> None:
+    setattr(settings, setting, 0)
     assert "notifications.E003" in error_ids(run_checks())
+
+
+def test_a_queue_limit_that_is_not_a_number_stops_start_up_with_one_line() -> None:
+    result = run("manage.py", "check", env={"NOTIFY_MAX_QUEUED_MESSAGES": "lots"})
+    assert result.returncode != 0
+    assert "Configuration error: NOTIFY_MAX_QUEUED_MESSAGES='lots' is not a whole number." in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_the_default_configuration_passes_the_checks() -> None:

@@ -48,7 +48,7 @@ def test_keepalive_can_be_tuned_from_the_environment(tmp_path: Path) -> None:
 
 def test_other_daphne_options_pass_through_before_the_application(tmp_path: Path) -> None:
     line = launch_line(tmp_path, "-b", "127.0.0.1", "-p", "9000")
-    assert line[:2] == ["-m", "daphne"]
+    assert line[:2] == ["-m", "notifyproject.server"]
     assert option(line, "-p") == "9000"
     assert line[-1] == "notifyproject.asgi:application"
 

@@ -1,0 +1,117 @@
+"""The benchmark's table: each figure per server, the ratio to the baseline, the target."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _get(result: dict[str, Any], path: str) -> Any:
+    value: Any = result
+    for key in path.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.2f}" if value < 10 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {v}" for k, v in value.items()) or "none"
+    return str(value)
+
+
+LOSS = "saturation.lost|saturation.duplicated|saturation.misrouted"
+
+
+def rows(report: dict[str, Any]) -> list[tuple[str, str, str | None]]:
+    """(label, JSON path, target) for every line of the table."""
+    options = report["options"]
+    lines: list[tuple[str, str, str | None]] = []
+    scenarios = options.get("scenarios", ["mass", "idle", "relay"])
+    for rate in options["rates"] if "relay" in scenarios else ():
+        key = f"rate_{rate}"
+        relative = "<= 10x baseline" if rate == 2000 else None
+        lines += [
+            (f"{rate} msg/s: delivered / lost", f"{key}.delivered|{key}.lost", "0 lost"),
+            (f"{rate} msg/s: duplicated / misrouted", f"{key}.duplicated|{key}.misrouted", "0 / 0"),
+            (f"{rate} msg/s: latency p50 (ms)", f"{key}.latency_p50_ms", None),
+            (f"{rate} msg/s: latency p99 (ms)", f"{key}.latency_p99_ms", relative),
+            (f"{rate} msg/s: server CPU per msg (µs)", f"{key}.cpu_us_per_msg", relative),
+            (f"{rate} msg/s: Redis CPU per msg (µs)", f"{key}.redis_cpu_us_per_msg", None),
+        ]
+    lines += (
+        []
+        if "relay" not in scenarios
+        else [
+            ("saturation: delivered msgs/s", "saturation.delivered_rate", ">= 6,000 lossless"),
+            ("saturation: offered (sent) msgs/s", "saturation.send_rate", None),
+            ("saturation: lost / duplicated / misrouted", LOSS, "0"),
+            ("saturation: dropped, as the server logged", "saturation.server_undeliverable_logged", "0"),
+            ("saturation: server CPU per msg (µs)", "saturation.cpu_us_per_msg", None),
+            ("saturation: latency p99 (ms)", "saturation.latency_p99_ms", None),
+        ]
+    )
+    for count in options["connections"] if "idle" in scenarios else ():
+        key = f"idle_{count}"
+        lines += [
+            (f"{count:,} idle: registered", f"{key}.registered", f"{count:,}"),
+            (f"{count:,} idle: RSS per connection (KB)", f"{key}.rss_per_connection_kb", "<= 2x baseline"),
+        ]
+    mass = options["mass"]
+    lines += (
+        []
+        if "mass" not in scenarios
+        else [
+            (f"{mass:,} at once: registered", "mass.registered", f"{mass:,}"),
+            (f"{mass:,} at once: connect+register per s", "mass.connect_register_rate", None),
+            (f"{mass:,} at once: closed by server", "mass.closed_by_server", "no 1011"),
+            (f"{mass:,} disconnect: close errors / server errors", "mass.close_errors|mass.server_log_errors", "0 / 0"),
+            (f"{mass:,} disconnect: stale group subscriptions", "mass.stale_group_subscriptions", "0"),
+        ]
+    )
+    return lines
+
+
+def table(report: dict[str, Any]) -> str:
+    results = report["results"]
+    names = list(results)
+    header = ["metric", *names]
+    if "baseline" in results and "project" in results:
+        header.append("project / baseline")
+    header.append("target")
+    out = [header]
+    for label, path, target in rows(report):
+        cells = [label]
+        values = {}
+        for name in names:
+            parts = [_get(results[name], p) for p in path.split("|")]
+            values[name] = parts
+            cells.append(" / ".join(_fmt(p) for p in parts))
+        if "project / baseline" in header:
+            base, proj = values["baseline"][0], values["project"][0]  # the ratio is the project's
+            ratio = "-"
+            if "|" not in path and isinstance(base, int | float) and isinstance(proj, int | float) and base:
+                ratio = f"{proj / base:.1f}x"
+            cells.append(ratio)
+        cells.append(target or "")
+        out.append(cells)
+    for name in names:
+        for scenario, result in results[name].items():
+            if isinstance(result, dict) and "error" in result:
+                out.append([f"{name} failed {scenario}: {result['error']}"[:200], *[""] * (len(header) - 1)])
+    machine = report["machine"]
+    widths = [max(len(row[i]) for row in out) for i in range(len(header))]
+    lines = ["| " + " | ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) + " |" for row in out]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    lines.append(
+        f"\n{report['when']}; {machine['cpu']}, {machine['cores']} cores, {machine['memory_gb']} GB, "
+        f"Python {machine['python']}, {machine['system']}; load average at start {machine['load_average_at_start']}; "
+        f"{report['options']['processes']} daphne process(es), LOG_LEVEL={report['options']['log_level']}."
+    )
+    return "\n".join(lines)

@@ -1,0 +1,457 @@
+"""Start the servers, drive the load generator workers against each, report.
+
+Every server is started here, on loopback and free ports: the project as
+deployed (``bin/daphne`` processes on Redis and the real database) and the
+baseline (:mod:`bench.baseline`). Each scenario gets a fresh server so that
+memory figures are not flattered by memory freed in an earlier scenario.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis
+
+from tests.servers import ROOT, RedisServer, free_port, start_daphne, wait_for_port
+
+RECEIVERS = 100
+SENDERS = 10
+# The project with another channel layer, to show why the project's own was chosen.
+VARIANTS = {
+    "library-pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
+    "library-redis": "channels_redis.core.RedisChannelLayer",
+    "in-memory": "notifications.layers.InMemoryLayer",
+}
+SERVERS = ["baseline", "project", *VARIANTS]
+SCENARIOS = ["mass", "idle", "relay"]
+
+
+@dataclass
+class Options:
+    servers: list[str]
+    processes: int = 1
+    rates: list[int] = field(default_factory=lambda: [400, 2000])
+    seconds: float = 10.0
+    saturation_limit: int = 50_000
+    drain: float = 10.0
+    connections: list[int] = field(default_factory=lambda: [2000, 10000])
+    mass: int = 2000
+    idle_workers: int = 2
+    scenarios: list[str] = field(default_factory=lambda: list(SCENARIOS))
+    settle: float = 2.0  # seconds before reading memory, so that allocations settle
+    log_level: str = "WARNING"
+    redis_url: str = ""
+    database_url: str = ""
+
+
+@dataclass
+class Running:
+    name: str
+    urls: list[str]
+    pids: list[int]
+    log_paths: list[Path]
+    redis: redis.Redis | None = None
+    redis_pid: int | None = None
+    prefix: str = ""
+    stop: Any = None
+
+    def rss(self) -> int:
+        return sum(psutil.Process(pid).memory_info().rss for pid in self.pids)
+
+    def cpu(self) -> float:
+        return sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in self.pids)
+
+    def redis_cpu(self) -> float | None:
+        return sum(psutil.Process(self.redis_pid).cpu_times()[:2]) if self.redis_pid else None
+
+    def log_size(self) -> int:
+        return sum(path.stat().st_size for path in self.log_paths)
+
+    def log_problems(self, since: int) -> list[str]:
+        """Lines at ERROR or worse, and tracebacks, written after ``since`` bytes of log."""
+        text = "".join(path.read_text(errors="replace") for path in self.log_paths)[since:]
+        return [line for line in text.splitlines() if " ERROR " in line or " CRITICAL " in line or "Traceback" in line]
+
+    def undeliverable_logged(self, since: int) -> int:
+        """WARNING lines of notifications the server could not deliver (dropped, not just late)."""
+        text = "".join(path.read_text(errors="replace") for path in self.log_paths)[since:]
+        return text.count("Undeliverable notification for ")
+
+    def subscriptions(self, pattern: str) -> int | None:
+        if self.redis is None:
+            return None
+        return len(self.redis.pubsub_channels(f"{self.prefix}{pattern}"))
+
+
+def raise_fd_limit() -> int:
+    """10,000 connections need 10,000 descriptors in the server and as many in the clients."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+class Environment:
+    """Redis and the database, shared by every project server of one run."""
+
+    def __init__(self, options: Options, workdir: Path) -> None:
+        self.options = options
+        self.workdir = workdir
+        self.redis_server: RedisServer | None = None
+        self.redis_url = options.redis_url
+        self.database_url = options.database_url or f"sqlite:///{workdir / 'bench.sqlite3'}"
+        self.migrated = False
+
+    def redis_url_for_project(self) -> str:
+        if not self.redis_url:
+            self.redis_server = RedisServer.start()
+            self.redis_url = self.redis_server.url
+        return self.redis_url
+
+    def env(self) -> dict[str, str | None]:
+        return {
+            "DJANGO_DEBUG": "0",
+            "DJANGO_SECRET_KEY": "bench-only-secret-key-" + "x" * 40,
+            "REDIS_URL": self.redis_url_for_project(),
+            "DATABASE_URL": self.database_url,
+            "LOG_LEVEL": self.options.log_level,
+        }
+
+    def migrate(self) -> None:
+        if self.migrated:
+            return
+        env = dict(os.environ, **{k: v for k, v in self.env().items() if v is not None})
+        env["DJANGO_SETTINGS_MODULE"] = "notifyproject.settings"
+        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
+        self.migrated = True
+
+    def close(self) -> None:
+        if self.redis_server is not None:
+            self.redis_server.stop()
+
+
+@contextmanager
+def start_server(name: str, env_: Environment) -> Iterator[Running]:
+    workdir = env_.workdir
+    if name == "baseline":
+        port = free_port()
+        log_path = workdir / f"baseline-{port}.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "bench.baseline", str(port)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            )
+        try:
+            wait_for_port(port, process=process)
+            yield Running(name, [f"ws://127.0.0.1:{port}/"], [process.pid], [log_path])
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+        return
+    env_.migrate()
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    env = {**env_.env(), "REDIS_PREFIX": prefix}
+    if name in VARIANTS:
+        env.update({"DJANGO_SETTINGS_MODULE": "bench.settings", "BENCH_CHANNEL_LAYER": VARIANTS[name]})
+    daphnes = [start_daphne(env=env, log_dir=workdir) for _ in range(env_.options.processes)]
+    client = redis.Redis.from_url(env_.redis_url)
+    redis_pid = env_.redis_server.process.pid if env_.redis_server and env_.redis_server.process else None
+    try:
+        yield Running(
+            name,
+            [d.url for d in daphnes],
+            [d.process.pid for d in daphnes],
+            [d.log_path for d in daphnes],
+            redis=client,
+            redis_pid=redis_pid,
+            prefix=prefix,
+        )
+    finally:
+        for d in daphnes:
+            d.stop()
+        client.close()
+
+
+_workers: list[Worker] = []
+
+
+class Worker:
+    """One load generator process (bench/loadgen.py)."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    @classmethod
+    async def start(cls, spec: dict[str, Any]) -> Worker:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.loadgen",
+            json.dumps(spec),
+            cwd=ROOT,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            limit=256 * 1024 * 1024,
+        )
+        worker = cls(process)
+        _workers.append(worker)
+        return worker
+
+    def kill(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+
+    async def expect(self, event: str, within: float = 300.0) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        line = await asyncio.wait_for(self.process.stdout.readline(), within)
+        if not line:
+            code = await self.process.wait()
+            raise RuntimeError(f"load generator exited with {code} while {event!r} was awaited")
+        data = json.loads(line)
+        if data["event"] != event:
+            raise RuntimeError(f"load generator said {data['event']!r}, not {event!r}")
+        return data
+
+    def command(self, text: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(text.encode() + b"\n")
+
+    async def finish(self) -> None:
+        try:
+            await asyncio.wait_for(self.process.wait(), 60)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+async def relay(server: Running, *, rate: int, seconds: float, limit: int, drain: float) -> dict[str, Any]:
+    """100 receivers, 10 open-loop senders at ``rate`` msg/s (0: saturation), then a drain window."""
+    run = uuid.uuid4().hex[:8]
+    receivers = await Worker.start(
+        {"role": "receivers", "urls": server.urls, "first": 0, "count": RECEIVERS, "run": run}
+    )
+    await receivers.expect("ready")
+    senders = await Worker.start(
+        {
+            "role": "senders",
+            "urls": server.urls,
+            "first": 0,
+            "count": SENDERS,
+            "receivers": RECEIVERS,
+            "run": run,
+            "rate": rate,
+            "seconds": seconds,
+            "limit": limit,
+        }
+    )
+    await senders.expect("ready")
+    cpu0, redis_cpu0, log0 = server.cpu(), server.redis_cpu(), server.log_size()
+    senders.command("go")
+    sent = await senders.expect("result", within=seconds + 120)
+    expected = sum(sent["sent"])
+    receivers.command(f"drain {expected} {drain}")
+    got = await receivers.expect("result", within=drain + 120)
+    cpu1, redis_cpu1 = server.cpu(), server.redis_cpu()
+    await asyncio.gather(senders.finish(), receivers.finish())
+    delivered = got["delivered"]
+    span = (got["last_ns"] - sent["start_ns"]) / 1e9 if delivered else 0.0
+    latencies = got["latencies_ms"]
+    return {
+        "offered_rate": rate or None,
+        "sent": expected,
+        "send_rate": round(expected / sent["seconds"]) if sent["seconds"] else None,
+        "delivered": delivered,
+        "lost": expected - delivered,
+        "duplicated": got["duplicated"],
+        "misrouted": got["misrouted"],
+        "delivered_rate": round(delivered / span) if span else None,
+        "latency_p50_ms": percentile(latencies, 50),
+        "latency_p99_ms": percentile(latencies, 99),
+        "cpu_us_per_msg": round((cpu1 - cpu0) / delivered * 1e6, 1) if delivered else None,
+        "redis_cpu_us_per_msg": (
+            round((redis_cpu1 - redis_cpu0) / delivered * 1e6, 1) if delivered and redis_cpu0 is not None else None
+        ),
+        "sender_errors": sent["errors"],
+        "receivers_closed": got["closed"],
+        "server_log_errors": len(server.log_problems(log0)),
+        "server_undeliverable_logged": server.undeliverable_logged(log0),
+    }
+
+
+async def idle(server: Running, *, count: int, workers: int, concurrency: int, settle: float) -> dict[str, Any]:
+    """Connect and register ``count`` clients, measure memory, then close them all at once."""
+    run = uuid.uuid4().hex[:8]
+    specific0 = server.subscriptions("specific.*")
+    groups0 = server.subscriptions("__group__*")
+    await asyncio.sleep(settle)
+    rss0, log0 = server.rss(), server.log_size()
+    share = count // workers
+    pool = [
+        await Worker.start(
+            {
+                "role": "idle",
+                "urls": server.urls,
+                "first": i * share,
+                "count": share if i < workers - 1 else count - share * (workers - 1),
+                "run": run,
+                "concurrency": concurrency,
+            }
+        )
+        for i in range(workers)
+    ]
+    for worker in pool:
+        await worker.expect("ready")
+    for worker in pool:
+        worker.command("go")
+    registered = [await worker.expect("registered", within=600) for worker in pool]
+    await asyncio.sleep(settle)  # let allocations settle before reading RSS (a measurement, not a sync)
+    rss1 = server.rss()
+    groups_held = server.subscriptions("__group__*")
+    for worker in pool:
+        worker.command("close")
+    closed = [await worker.expect("result", within=600) for worker in pool]
+    await asyncio.gather(*(worker.finish() for worker in pool))
+    stale_groups = stale_specific = None
+    if groups0 is not None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            stale_groups = server.subscriptions("__group__*") - groups0
+            stale_specific = server.subscriptions("specific.*") - specific0
+            if stale_groups <= 0 and stale_specific <= 0:
+                break
+            await asyncio.sleep(0.2)
+    n_registered = sum(r["registered"] for r in registered)
+    codes: dict[str, int] = {}
+    for result in closed:
+        for code, n in result["closed_by_server"].items():
+            codes[code] = codes.get(code, 0) + n
+    return {
+        "connections": count,
+        "registered": n_registered,
+        "register_failures": sum(r["failed"] for r in registered),
+        "failure_samples": [s for r in registered for s in r["failures"]][:5],
+        "connect_register_seconds": round(max(r["seconds"] for r in registered), 3),
+        "connect_register_rate": round(n_registered / max(r["seconds"] for r in registered)),
+        "rss_before_mb": round(rss0 / 2**20, 1),
+        "rss_after_mb": round(rss1 / 2**20, 1),
+        "rss_per_connection_kb": round((rss1 - rss0) / max(n_registered, 1) / 1024, 1),
+        "group_subscriptions_held": None if groups_held is None else groups_held - (groups0 or 0),
+        "closed_by_server": codes,
+        "close_errors": sum(r["close_errors"] for r in closed),
+        "close_seconds": round(max(r["close_seconds"] for r in closed), 3),
+        "stale_group_subscriptions": stale_groups,
+        "stale_channel_subscriptions": stale_specific,
+        "server_log_errors": len(server.log_problems(log0)),
+        "server_log_error_samples": server.log_problems(log0)[:5],
+    }
+
+
+async def attempt(scenario: Any) -> dict[str, Any]:
+    """Run one scenario; a server that fails it is part of the result, not the end of the run."""
+    try:
+        return await scenario
+    except Exception as exc:
+        for worker in _workers:
+            worker.kill()
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+async def measure(name: str, env_: Environment, options: Options, progress: Any) -> dict[str, Any]:
+    result: dict[str, Any] = {"server": name}
+    if "mass" in options.scenarios:
+        with start_server(name, env_) as server:
+            progress(f"{name}: connect+register {options.mass} at once, then disconnect them at once")
+            result["mass"] = await attempt(
+                idle(server, count=options.mass, workers=1, concurrency=options.mass, settle=options.settle)
+            )
+    for count in options.connections if "idle" in options.scenarios else ():
+        with start_server(name, env_) as server:
+            progress(f"{name}: {count} idle registered connections")
+            result[f"idle_{count}"] = await attempt(
+                idle(
+                    server,
+                    count=count,
+                    workers=options.idle_workers,
+                    concurrency=min(count, 250),
+                    settle=options.settle,
+                )
+            )
+    if "relay" not in options.scenarios:
+        return result
+    with start_server(name, env_) as server:
+        progress(f"{name}: warm-up")
+        warm = await attempt(relay(server, rate=1000, seconds=1, limit=1000, drain=5))
+        if "error" in warm:
+            result["relay"] = warm
+            return result
+        for rate in options.rates:
+            progress(f"{name}: {rate} msg/s for {options.seconds:g} s")
+            result[f"rate_{rate}"] = await attempt(
+                relay(
+                    server, rate=rate, seconds=options.seconds, limit=int(rate * options.seconds), drain=options.drain
+                )
+            )
+        progress(f"{name}: saturation ({options.saturation_limit} messages, at most {options.seconds:g} s)")
+        result["saturation"] = await attempt(
+            relay(server, rate=0, seconds=options.seconds, limit=options.saturation_limit, drain=options.drain)
+        )
+    return result
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    with open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "system": f"{platform.system()} {platform.release()}",
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+async def run(options: Options, progress: Any) -> dict[str, Any]:
+    fd_limit = raise_fd_limit()
+    if max(options.connections, default=0) + 100 > fd_limit:
+        raise SystemExit(f"the descriptor limit is {fd_limit}: too low for {max(options.connections)} connections")
+    with tempfile.TemporaryDirectory(prefix="notify-bench-") as tmp:
+        env_ = Environment(options, Path(tmp))
+        host = machine()
+        try:
+            started = time.time()
+            results = {name: await measure(name, env_, options, progress) for name in options.servers}
+        finally:
+            for worker in _workers:  # left over when a scenario failed
+                worker.kill()
+            env_.close()
+    return {
+        "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)),
+        "machine": host,
+        "options": options.__dict__,
+        "results": results,
+    }

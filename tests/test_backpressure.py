@@ -1,0 +1,79 @@
+"""A recipient that stops reading: bounded memory, newer notifications dropped and counted (real daphne)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+
+import psutil
+
+from tests.clients import frame, open_client, receive, register_confirmed
+from tests.servers import Daphne, wait_until
+
+BIG = "x" * 100_000  # a few hundred of these overflow any socket buffer on loopback
+SENT = 400
+LIMIT = 5
+
+
+async def test_a_client_that_stops_reading_has_newer_notifications_dropped_and_counted(
+    daphne_factory: Callable[..., Daphne],
+) -> None:
+    server = daphne_factory({"NOTIFY_MAX_QUEUED_MESSAGES": str(LIMIT)})
+    # max_queue=1: the client library stops reading the socket once one frame waits unread.
+    stuck = await open_client(server.url, max_queue=1)
+    await register_confirmed(stuck, "stuck-reader")
+    await register_confirmed(stuck, "stuck-probe")
+    neighbour = await open_client(server.url)
+    await register_confirmed(neighbour, "neighbour")
+    sender = await open_client(server.url)
+    rss_before = psutil.Process(server.process.pid).memory_info().rss
+    for i in range(SENT):
+        await sender.send(frame("stuck-reader", f"{i:04d}{BIG}"))
+    await sender.send(frame("neighbour", "still served"))
+    assert await receive(neighbour) == "still served"  # every frame before it has been handled
+    dropped = re.findall(r"Undeliverable notification for 'stuck-reader': client \w+ is not reading", server.log())
+    assert dropped, "nothing was dropped: the client's buffers took everything"
+    # 400 notifications of 100 KB (40 MB) met a stuck reader; what the server
+    # holds for it is bounded by the limit and the socket buffers, far below that.
+    assert psutil.Process(server.process.pid).memory_info().rss - rss_before < 30_000_000
+
+    # Reading again, the client gets what waited, in order, then new
+    # notifications as usual: the connection stayed open. A probe to a second
+    # id of the same connection comes after everything queued before it.
+    received: list[int] = []
+    for attempt in range(20):
+        await sender.send(frame("stuck-probe", f"probe {attempt}"))
+        try:
+            while (text := await asyncio.wait_for(stuck.recv(), 1.0)) != f"probe {attempt}":
+                if not text.startswith("probe"):
+                    received.append(int(text[:4]))
+            break
+        except TimeoutError:
+            continue
+    dropped = len(re.findall(r"Undeliverable notification for 'stuck-reader'", server.log()))
+    assert received == sorted(set(received))
+    assert len(received) + dropped == SENT
+    await wait_until(lambda: "reads again; " in server.log(), seconds=10)
+    for ws in (stuck, neighbour, sender):
+        await ws.close()
+
+
+async def test_notifications_still_waiting_when_the_client_leaves_are_counted(
+    daphne_factory: Callable[..., Daphne],
+) -> None:
+    server = daphne_factory({"NOTIFY_MAX_QUEUED_MESSAGES": "1000"})
+    stuck = await open_client(server.url, max_queue=1)
+    await register_confirmed(stuck, "leaves-unread")
+    # A reading twin under the same id: once it has everything, so has the stuck
+    # connection's consumer (both queues are filled by the same group send).
+    twin = await open_client(server.url)
+    await register_confirmed(twin, "leaves-unread")
+    sender = await open_client(server.url)
+    for i in range(SENT):
+        await sender.send(frame("leaves-unread", f"{i:04d}{BIG}"))
+    assert [(await receive(twin))[:4] for _ in range(SENT)] == [f"{i:04d}" for i in range(SENT)]
+    stuck.transport.abort()  # gone without reading or closing
+    await wait_until(lambda: re.search(r"left with \d+ notifications unsent", server.log()) is not None, seconds=30)
+    for ws in (twin, sender):
+        await ws.close()

@@ -1,0 +1,153 @@
+"""The channel layers of notifications/layers.py: bounded, counted, pipelined, quiet on cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from notifications import metrics
+from notifications.layers import InMemoryLayer, RedisPubSubLayer
+from tests.servers import free_port, wait_until
+
+EVENT = "notify.message"
+
+
+def event(text: str, recipient: str = "test-uuid") -> dict[str, str]:
+    return {"type": EVENT, "text": text, "recipient": recipient}
+
+
+# In-memory layer
+
+
+async def test_in_memory_group_send_reaches_every_member_in_order() -> None:
+    layer = InMemoryLayer()
+    a, b = await layer.new_channel(), await layer.new_channel()
+    await layer.group_add("g", a)
+    await layer.group_add("g", b)
+    for i in range(3):
+        await layer.group_send("g", event(f"m{i}"))
+    for channel in (a, b):
+        assert [(await layer.receive(channel))["text"] for _ in range(3)] == ["m0", "m1", "m2"]
+
+
+async def test_in_memory_members_get_their_own_copy() -> None:
+    layer = InMemoryLayer()
+    a, b = await layer.new_channel(), await layer.new_channel()
+    await layer.group_add("g", a)
+    await layer.group_add("g", b)
+    await layer.group_send("g", event("shared"))
+    (await layer.receive(a))["text"] = "changed by one handler"
+    assert (await layer.receive(b))["text"] == "shared"
+
+
+async def test_in_memory_full_channel_is_counted_and_logged_with_the_recipient(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    layer = InMemoryLayer(capacity=2)
+    channel = await layer.new_channel()
+    await layer.group_add("g", channel)
+    before = metrics.counters[metrics.UNDELIVERABLE]
+    with caplog.at_level(logging.WARNING, logger="notifications"):
+        for i in range(5):
+            await layer.group_send("g", event(f"m{i}", recipient="slow-reader"))
+    assert metrics.counters[metrics.UNDELIVERABLE] == before + 3
+    assert sum("Undeliverable notification for 'slow-reader'" in r.getMessage() for r in caplog.records) == 3
+    assert [(await layer.receive(channel))["text"] for _ in range(2)] == ["m0", "m1"]
+
+
+async def test_in_memory_memberships_do_not_expire() -> None:
+    layer = InMemoryLayer()
+    channel = await layer.new_channel()
+    await layer.group_add("g", channel)
+    layer.groups["g"][channel] = 0  # joined at the epoch: long past any expiry
+    await layer.group_send("g", event("still here"))
+    assert (await layer.receive(channel))["text"] == "still here"
+
+
+# Redis pub/sub layer (real Redis)
+
+
+@pytest.fixture
+async def pubsub(redis_url: str, redis_prefix: str):
+    layer = RedisPubSubLayer(hosts=[redis_url], prefix=redis_prefix, capacity=50)
+    yield layer
+    await layer.flush()
+
+
+async def channels_in_redis(redis_url: str, prefix: str) -> int:
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        return len(await client.pubsub_channels(f"{prefix}*"))
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.redis
+async def test_pubsub_many_concurrent_sends_arrive_once_each_and_in_order(
+    pubsub: RedisPubSubLayer, redis_url: str, redis_prefix: str
+) -> None:
+    channel = await pubsub.new_channel()
+    await pubsub.group_add("g", channel)
+    other = RedisPubSubLayer(hosts=[redis_url], prefix=redis_prefix)  # another process, as far as Redis sees
+    try:
+        await asyncio.gather(*(other.group_send("g", event(f"m{i}")) for i in range(40)))
+        received = [(await asyncio.wait_for(pubsub.receive(channel), 10))["text"] for _ in range(40)]
+    finally:
+        await other.flush()
+    assert received == [f"m{i}" for i in range(40)]
+
+
+@pytest.mark.redis
+async def test_pubsub_full_channel_is_counted_and_logged_with_the_recipient(
+    redis_url: str, redis_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    layer = RedisPubSubLayer(hosts=[redis_url], prefix=redis_prefix, capacity=3)
+    try:
+        channel = await layer.new_channel()
+        await layer.group_add("g", channel)
+        before = metrics.counters[metrics.UNDELIVERABLE]
+        with caplog.at_level(logging.WARNING, logger="notifications"):
+            for i in range(8):
+                await layer.group_send("g", event(f"m{i}", recipient="slow-reader"))
+            await wait_until(lambda: metrics.counters[metrics.UNDELIVERABLE] == before + 5, seconds=10)
+        assert any("Undeliverable notification for 'slow-reader'" in r.getMessage() for r in caplog.records)
+        assert [(await layer.receive(channel))["text"] for _ in range(3)] == ["m0", "m1", "m2"]
+    finally:
+        await layer.flush()
+
+
+@pytest.mark.redis
+async def test_pubsub_cancelled_receivers_unsubscribe_quietly(
+    redis_url: str, redis_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    layer = RedisPubSubLayer(hosts=[redis_url], prefix=redis_prefix)
+    try:
+        channels = [await layer.new_channel() for _ in range(300)]
+        for i, channel in enumerate(channels):
+            await layer.group_add(f"g{i % 10}", channel)
+        receivers = [asyncio.ensure_future(layer.receive(channel)) for channel in channels]
+        await asyncio.sleep(0)  # let every receiver start waiting
+        with caplog.at_level(logging.DEBUG):
+            for i, (receiver, channel) in enumerate(zip(receivers, channels, strict=True)):
+                await layer.group_discard(f"g{i % 10}", channel)
+                receiver.cancel()
+            await asyncio.gather(*receivers, return_exceptions=True)
+            await wait_until(lambda: not layer._get_layer()._cleanups, seconds=10)
+        assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+        assert await channels_in_redis(redis_url, redis_prefix) == 0
+    finally:
+        await layer.flush()
+
+
+@pytest.mark.redis
+async def test_pubsub_publish_to_a_redis_that_is_down_raises() -> None:
+    layer = RedisPubSubLayer(hosts=[f"redis://127.0.0.1:{free_port()}/0"])
+    try:
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await layer.group_send("g", event("nowhere"))
+    finally:
+        await layer.flush()
