@@ -168,7 +168,18 @@ class ConnectionAdmin(ReadOnlyAdmin):
 
 @admin.register(ServerProcess)
 class ServerProcessAdmin(ReadOnlyAdmin):
-    list_display = ["host", "pid", "id", "started_at", "heartbeat_at", "status", "connections"]
+    list_display = [
+        "host",
+        "pid",
+        "id",
+        "started_at",
+        "heartbeat_at",
+        "status",
+        "connections",
+        "relayed",
+        "undeliverable",
+        "rejected_frames",
+    ]
     list_filter = ["host"]
     search_fields = ["host", "id"]
     ordering = ["host", "pid", "started_at"]

@@ -19,6 +19,8 @@ from notifications.sending import DeliveryFailed, deliver
 
 logger = logging.getLogger(__name__)
 
+CLOSE_TRY_AGAIN_LATER = 4013
+
 
 class NotificationConsumer(AsyncWebsocketConsumer):
     """Greets, registers ids as channel-layer groups, and relays notifications.
@@ -110,7 +112,25 @@ class NotificationConsumer(AsyncWebsocketConsumer):
             self._reject(f"already {limit} ids registered; refused {describe(recipient)}")
             return
         group = group_name(recipient)
-        await self.channel_layer.group_add(group, self.channel_name)
+        try:
+            await self.channel_layer.group_add(group, self.channel_name)
+        except Exception as exc:
+            # The channel layer is unreachable (Redis down). The protocol has no
+            # way to say so, and a connection that looks registered but receives
+            # nothing is the worst outcome: close it, so that a client that
+            # reconnects can try again, with one line in the log. The code is
+            # 1013 (try again later) moved into the application range, the
+            # only one daphne's WebSocket library lets an application send.
+            logger.warning(
+                "Client %s could not register as %s: %s: %s; closing it (%d)",
+                self.temp_id,
+                describe(recipient),
+                type(exc).__name__,
+                exc,
+                CLOSE_TRY_AGAIN_LATER,
+            )
+            await self.close(code=CLOSE_TRY_AGAIN_LATER, reason="channel layer unavailable")
+            return
         self.recipients[recipient] = group
         registry.registered(self.temp_id, recipient)
         logger.info("Client %s registered as %s", self.temp_id, describe(recipient))

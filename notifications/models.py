@@ -20,6 +20,11 @@ class ServerProcess(models.Model):
     pid = models.PositiveIntegerField("pid")
     started_at = models.DateTimeField("started")
     heartbeat_at = models.DateTimeField("last heartbeat", db_index=True)
+    # The process's counters (notifications.metrics) since it started, written
+    # with its registry writes: nothing it failed to deliver goes unseen.
+    relayed = models.PositiveBigIntegerField("relayed", default=0)
+    undeliverable = models.PositiveBigIntegerField("undeliverable", default=0)
+    rejected_frames = models.PositiveBigIntegerField("ignored frames", default=0)
 
     class Meta:
         ordering = ["host", "pid", "started_at"]

@@ -32,6 +32,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.db import transaction
 
+from notifications import metrics
 from notifications.conf import conf
 from notifications.models import Connection, Registration, ServerProcess
 
@@ -132,6 +133,7 @@ class Batch:
     first_registered: dict[str, float] = field(default_factory=dict)  # rows already written
     activity: dict[str, float] = field(default_factory=dict)
     gone: set[str] = field(default_factory=set)
+    counters: dict[str, int] = field(default_factory=dict)  # the process's metrics, latest wins
 
     def then(self, later: Batch) -> Batch:
         """This (failed) batch followed by a later one, as one batch."""
@@ -146,6 +148,7 @@ class Batch:
             first_registered=kept(self.first_registered) | later.first_registered,
             activity=kept(self.activity) | later.activity,
             gone=gone,
+            counters=later.counters or self.counters,
         )
 
 
@@ -409,7 +412,7 @@ class Registry:
     def _take(self, *, with_activity: bool) -> Batch:
         """Everything reported since the last take (on the event loop, so nothing changes meanwhile)."""
         live = self._live
-        batch = Batch(gone=self._gone)
+        batch = Batch(gone=self._gone, counters=metrics.snapshot())
         batch.new = {temp_id: live[temp_id].row() for temp_id in self._new}
         batch.registrations = {r for r in self._registrations if r[0] in live}
         batch.first_registered = {t: live[t].registered_at or 0.0 for t in self._first_registered}
@@ -487,7 +490,12 @@ class Registry:
     def _write(self, batch: Batch) -> None:
         now = datetime.now(tz=UTC)
         with transaction.atomic():
-            if not ServerProcess.objects.filter(pk=self.process_id).update(heartbeat_at=now):
+            counters = {
+                "relayed": batch.counters.get(metrics.RELAYED, 0),
+                "undeliverable": batch.counters.get(metrics.UNDELIVERABLE, 0),
+                "rejected_frames": batch.counters.get(metrics.REJECTED_FRAMES, 0),
+            }
+            if not ServerProcess.objects.filter(pk=self.process_id).update(heartbeat_at=now, **counters):
                 raise ProcessGone
             if batch.new:
                 Connection.objects.bulk_create(

@@ -14,7 +14,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from notifications.models import Connection
+from notifications.models import Connection, ServerProcess
 from tests.clients import AdminSession, open_client, receive, register
 from tests.servers import Daphne, eventually
 
@@ -163,6 +163,17 @@ class TestServerProcesses:
         assert busy.host in page and str(busy.pid) in page
         assert "alive" in page
         assert "no heartbeat for 1" in page  # hour
+
+    def test_each_process_shows_what_it_relayed_and_failed_to_deliver(
+        self, staff_client: Client, live_connections: Callable[..., list[Connection]]
+    ) -> None:
+        process = live_connections(1)[0].process
+        ServerProcess.objects.filter(pk=process.pk).update(relayed=123456, undeliverable=789, rejected_frames=42)
+        page = staff_client.get(PROCESSES).content.decode()
+        for header in ("Relayed", "Undeliverable", "Ignored frames"):
+            assert header in page
+        for figure in ('<td class="field-relayed">123456</td>', '<td class="field-undeliverable">789</td>'):
+            assert figure in page
 
     def test_the_list_does_not_query_per_process(
         self, staff_client: Client, live_connections: Callable[..., list[Connection]]

@@ -7,10 +7,11 @@ import logging
 from collections.abc import AsyncIterator
 
 import pytest
+from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 
 from notifications import metrics
-from notifications.protocol import GREETING
+from notifications.protocol import GREETING, group_name
 from notifyproject.asgi import application
 
 pytestmark = pytest.mark.usefixtures("in_memory_layer")
@@ -101,6 +102,9 @@ async def test_one_connection_may_register_several_ids_and_leaves_them_all(sende
     await send(sender, "second", "two")
     assert [await multi.receive_from(), await multi.receive_from()] == ["one", "two"]
     await multi.disconnect()
+    groups = get_channel_layer().groups
+    assert group_name("first") not in groups
+    assert group_name("second") not in groups
 
     later = await connect()
     await register(later, "watcher")

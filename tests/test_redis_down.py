@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterator
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from notifications import metrics
+from notifications.consumers import CLOSE_TRY_AGAIN_LATER
 from notifications.sending import DeliveryFailed, asend_notification
 from tests.clients import frame, open_client, register_confirmed
 from tests.servers import Daphne, RedisServer, free_port, wait_until
@@ -52,3 +55,20 @@ async def test_a_relay_while_redis_is_down_is_logged_and_the_sender_stays_connec
     assert "Traceback" not in server.log()
     for ws in (recipient, sender):
         await ws.close()
+
+
+async def test_a_registration_while_redis_is_down_closes_that_connection_to_retry_with_one_log_line(
+    daphne_factory: Callable[..., Daphne], own_redis: RedisServer
+) -> None:
+    server = daphne_factory({"REDIS_URL": own_redis.url, "REDIS_PREFIX": "down"})
+    bystander = await open_client(server.url)
+    await register_confirmed(bystander, "registered-before")
+    late = await open_client(server.url)
+    own_redis.stop()
+    await late.send(frame("registered-late", "connected"))
+    with pytest.raises(ConnectionClosed) as closed:
+        await asyncio.wait_for(late.recv(), 20)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == CLOSE_TRY_AGAIN_LATER
+    assert "could not register as 'registered-late'" in server.log()
+    assert "Traceback" not in server.log()
+    await bystander.close()

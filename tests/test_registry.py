@@ -252,3 +252,22 @@ async def test_two_hundred_clients_connecting_and_disconnecting_at_once_leave_no
         assert "database is locked" not in log
         assert "Registry: cannot write" not in log
         assert "Traceback" not in log
+
+
+async def test_each_process_reports_its_counters_with_its_heartbeat(daphne_factory: Callable[..., Daphne]) -> None:
+    server = daphne_factory(FAST_HEARTBEAT)
+    ws = await open_client(server.url)
+    await register_confirmed(ws, "counted")  # relays at least one probe
+    await ws.send("plain text is ignored, and counted")
+
+    @sync_to_async
+    def counters() -> tuple[int, int] | None:
+        row = ServerProcess.objects.filter(pid=server.process.pid).first()
+        return (row.relayed, row.rejected_frames) if row else None
+
+    async def reported() -> bool:
+        found = await counters()
+        return found is not None and found[0] >= 1 and found[1] == 1
+
+    await eventually(reported, seconds=SOON)
+    await ws.close()
