@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
+
+from redis import asyncio as aioredis
 
 from tests.clients import frame, open_client, receive, receives_nothing, register_confirmed, send_once
-from tests.servers import Daphne
+from tests.servers import Daphne, eventually
 
 
 async def test_a_sender_on_one_process_reaches_a_recipient_on_the_other(
@@ -55,3 +58,25 @@ async def test_a_closed_connection_no_longer_receives_on_the_other_process(
     assert await receive(stays) == "only for the one that stayed"
     assert "Traceback" not in b.log()
     await stays.close()
+
+
+async def test_closed_connections_leave_no_subscription_in_redis(
+    redis_daphne_pair: tuple[Daphne, Daphne], redis_url: str, redis_prefix: str
+) -> None:
+    a, b = redis_daphne_pair
+    clients = [await open_client(server.url) for server in (a, b, b)]
+    for i, ws in enumerate(clients):
+        await register_confirmed(ws, f"subscriber-{i}")
+    client = aioredis.Redis.from_url(redis_url)
+
+    async def subscriptions() -> int:
+        return len(await client.pubsub_channels(f"{redis_prefix}*"))
+
+    assert await subscriptions() >= 6  # each connection's own channel and its group
+    await asyncio.gather(*(ws.close() for ws in clients))
+    await eventually(lambda: _is_zero(subscriptions()), seconds=10)
+    await client.aclose()
+
+
+async def _is_zero(count: Awaitable[int]) -> bool:
+    return await count == 0
