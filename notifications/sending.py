@@ -71,10 +71,15 @@ async def deliver(recipient: str, text: str) -> None:
         # notification for a connection can say for whom it was.
         await layer.group_send(group_name(recipient), {"type": EVENT_TYPE, "text": text, "recipient": recipient})
     except Exception as exc:
-        metrics.counters[metrics.UNDELIVERABLE] += 1
-        logger.warning("Undeliverable notification for %s: %s: %s", describe(recipient), type(exc).__name__, exc)
+        _refused(describe(recipient), exc)
         raise DeliveryFailed(f"the channel layer refused the notification: {exc}") from exc
     metrics.counters[metrics.RELAYED] += 1
+
+
+def _refused(target: str, exc: Exception) -> None:
+    """Count and log a notification the channel layer refused (nothing vanishes silently)."""
+    metrics.counters[metrics.UNDELIVERABLE] += 1
+    logger.warning("Undeliverable notification for %s: %s: %s", target, type(exc).__name__, exc)
 
 
 def send_notification(recipient: str, message: object) -> None:
@@ -97,10 +102,7 @@ async def asend_to_connections(channel_names: Iterable[str], message: object) ->
         try:
             await layer.send(channel_name, {"type": EVENT_TYPE, "text": text})
         except Exception as exc:
-            metrics.counters[metrics.UNDELIVERABLE] += 1
-            logger.warning(
-                "Undeliverable notification for connection %s: %s: %s", channel_name, type(exc).__name__, exc
-            )
+            _refused(f"connection {channel_name}", exc)
             continue
         metrics.counters[metrics.RELAYED] += 1
         reached += 1
