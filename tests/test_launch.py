@@ -41,6 +41,12 @@ def test_keepalive_is_a_ping_after_60_s_and_30_s_to_answer(tmp_path: Path) -> No
     assert (option(line, "--ping-interval"), option(line, "--ping-timeout")) == ("60", "30")
 
 
+def test_a_burst_of_handshakes_gets_20_s_rather_than_daphnes_5(tmp_path: Path) -> None:
+    assert option(launch_line(tmp_path), "--websocket_connect_timeout") == "20"
+    tuned = launch_line(tmp_path, env={"NOTIFY_HANDSHAKE_TIMEOUT": "60"})
+    assert option(tuned, "--websocket_connect_timeout") == "60"
+
+
 def test_keepalive_can_be_tuned_from_the_environment(tmp_path: Path) -> None:
     line = launch_line(tmp_path, env={"NOTIFY_PING_INTERVAL": "120", "NOTIFY_PING_TIMEOUT": "45"})
     assert (option(line, "--ping-interval"), option(line, "--ping-timeout")) == ("120", "45")
