@@ -38,6 +38,16 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise config_error(f"{name}={raw!r} is not a whole number.") from None
+
+
 def env_seconds(name: str, default: float) -> float:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
@@ -135,8 +145,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("TEST", {})
     # A file-backed test database, so that daphne processes started by the tests share it.
     DATABASES["default"]["TEST"].setdefault("NAME", str(BASE_DIR / "test-db.sqlite3"))
-
-if DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3":
+else:
     # The registry writes a few times a second per process: keep connections
     # open (checked before reuse) rather than connect for every write.
     DATABASES["default"]["CONN_MAX_AGE"] = 60
@@ -210,12 +219,7 @@ NOTIFICATIONS_STALE_AFTER = env_seconds("NOTIFY_STALE_AFTER", 30.0)
 
 # Notifications that may wait for a client that stopped reading; newer ones are
 # dropped and counted (see notifications/conf.py).
-try:
-    NOTIFICATIONS_MAX_QUEUED_MESSAGES = int(os.environ.get("NOTIFY_MAX_QUEUED_MESSAGES", "1000"))
-except ValueError:
-    raise config_error(
-        f"NOTIFY_MAX_QUEUED_MESSAGES={os.environ['NOTIFY_MAX_QUEUED_MESSAGES']!r} is not a whole number."
-    ) from None
+NOTIFICATIONS_MAX_QUEUED_MESSAGES = env_int("NOTIFY_MAX_QUEUED_MESSAGES", 1000)
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
