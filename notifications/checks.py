@@ -52,6 +52,8 @@ def check_limits(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
         ("NOTIFICATIONS_MAX_RECIPIENT_LENGTH", conf.MAX_RECIPIENT_LENGTH),
         ("NOTIFICATIONS_MAX_IDS_PER_CONNECTION", conf.MAX_IDS_PER_CONNECTION),
         ("NOTIFICATIONS_MAX_QUEUED_MESSAGES", conf.MAX_QUEUED_MESSAGES),
+        ("NOTIFICATIONS_API_MAX_BODY", conf.API_MAX_BODY),
+        ("NOTIFICATIONS_API_MAX_BATCH", conf.API_MAX_BATCH),
     ):
         if value < 1:
             errors.append(Error(f"{name} is {value}; it must be at least 1.", id="notifications.E003"))
@@ -68,6 +70,25 @@ def check_limits(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
             )
         )
     return errors
+
+
+MIN_API_KEY_LENGTH = 32
+
+
+@register(Tags.security)
+def check_api_keys(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    # Never name the key itself: this line ends up in logs.
+    short = [index for index, key in enumerate(conf.API_KEYS, start=1) if len(key) < MIN_API_KEY_LENGTH]
+    if short:
+        return [
+            Error(
+                f"NOTIFY_API_KEYS: key number {', '.join(map(str, short))} is shorter than {MIN_API_KEY_LENGTH} "
+                "characters, too easy to guess.",
+                hint="Generate keys with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'",
+                id="notifications.E006",
+            )
+        ]
+    return []
 
 
 def refuse_to_start_on_errors() -> None:

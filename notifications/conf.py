@@ -67,5 +67,20 @@ class Settings:
         """WebSocket address of the server, used by ``notify`` when the layer is process-local."""
         return str(getattr(settings, "NOTIFICATIONS_SERVER_URL", "ws://127.0.0.1:8765/"))
 
+    @property
+    def API_KEYS(self) -> list[str]:
+        """Keys accepted by the HTTP push endpoint; with none, the endpoint answers 404."""
+        return list(getattr(settings, "NOTIFICATIONS_API_KEYS", []))
+
+    @property
+    def API_MAX_BODY(self) -> int:
+        """Largest request body the HTTP push endpoint reads, in bytes; larger ones get 413."""
+        return int(getattr(settings, "NOTIFICATIONS_API_MAX_BODY", 1024 * 1024))
+
+    @property
+    def API_MAX_BATCH(self) -> int:
+        """Most notifications in one request to the HTTP push endpoint."""
+        return int(getattr(settings, "NOTIFICATIONS_API_MAX_BATCH", 1000))
+
 
 conf = Settings()

@@ -18,7 +18,7 @@ from channels.layers import get_channel_layer
 
 from notifications import backpressure, metrics
 from notifications.conf import conf
-from notifications.protocol import GREETING, Register, Relay, describe, group_name, parse_frame
+from notifications.protocol import GREETING, Register, Relay, broadcast_group, describe, group_name, parse_frame
 from notifications.registry import registry
 from notifications.sending import DeliveryFailed, deliver
 
@@ -43,6 +43,7 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         super().__init__(*args, **kwargs)
         self.temp_id = uuid.uuid4().hex
         self.recipients: dict[str, str] = {}  # id -> group name, in registration order
+        self.in_broadcast = False  # joined the broadcast group (with the first registration)
         # Notifications waiting while the client's socket takes nothing (see _hold).
         self.backlog: deque[str] = deque()
         self.window: backpressure.WriteWindow | None = None
@@ -131,7 +132,7 @@ class NotificationConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         registry.disconnected(self.temp_id)  # first: even if leaving a group fails
-        for group in self.recipients.values():
+        for group in self._groups():
             await self.channel_layer.group_discard(group, self.channel_name)
         if self.backlog:  # the client left before it read them
             metrics.counters[metrics.UNDELIVERABLE] += len(self.backlog)
@@ -176,6 +177,11 @@ class NotificationConsumer(AsyncWebsocketConsumer):
             return
         group = group_name(recipient)
         try:
+            if not self.in_broadcast:
+                # The first registration also joins the broadcast group: a
+                # broadcast reaches every registered connection once, whatever its ids.
+                await self.channel_layer.group_add(broadcast_group(), self.channel_name)
+                self.in_broadcast = True
             await self.channel_layer.group_add(group, self.channel_name)
         except Exception as exc:
             # The channel layer is unreachable (Redis down). The protocol has no
@@ -238,6 +244,13 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         if not self.backlog and self.dropped:
             logger.warning("Client %s reads again; %d notifications were dropped meanwhile", self.temp_id, self.dropped)
             self.dropped = 0
+
+    def _groups(self) -> list[str]:
+        """The groups this connection joined: its ids', and the broadcast group once it registered one."""
+        groups = list(self.recipients.values())
+        if self.in_broadcast:
+            groups.append(broadcast_group())
+        return groups
 
     def _reject(self, reason: str) -> None:
         metrics.counters[metrics.REJECTED_FRAMES] += 1

@@ -1,26 +1,29 @@
 """Who is online: presence queries on the registry of live connections.
 
-Each is one indexed query (on the registered id) that leaves out processes
-whose heartbeat stopped, so a crashed process's connections never count.
-A connection shows up here within ``NOTIFICATIONS_REGISTRY_FLUSH_INTERVAL``
-(0.2 s by default) of registering. :mod:`notifications.sending` re-exports
-these functions.
+Each is one indexed query that leaves out processes whose heartbeat
+stopped, so a crashed process's connections never count. A connection shows
+up here within ``NOTIFICATIONS_REGISTRY_FLUSH_INTERVAL`` (0.2 s by default)
+of registering. :mod:`notifications.sending` re-exports these functions.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 from channels.db import database_sync_to_async
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 
 from notifications.conf import conf
-from notifications.models import Registration
+from notifications.models import Connection, Registration
+
+
+def _cutoff() -> datetime:
+    return datetime.now(tz=UTC) - timedelta(seconds=conf.STALE_AFTER)
 
 
 def _registrations(recipient: str) -> QuerySet[Registration]:
-    cutoff = datetime.now(tz=UTC) - timedelta(seconds=conf.STALE_AFTER)
-    return Registration.objects.filter(recipient=recipient, connection__process__heartbeat_at__gte=cutoff)
+    return Registration.objects.filter(recipient=recipient, connection__process__heartbeat_at__gte=_cutoff())
 
 
 def is_online(recipient: str) -> bool:
@@ -31,6 +34,35 @@ def is_online(recipient: str) -> bool:
 def connection_count(recipient: str) -> int:
     """How many live connections registered ``recipient`` (on every server process)."""
     return _registrations(recipient).count()
+
+
+def connection_counts(recipients: Iterable[str]) -> dict[str, int]:
+    """:func:`connection_count` of several ids in one query; every id asked for is a key."""
+    wanted = set(recipients)
+    counts = dict.fromkeys(wanted, 0)
+    rows = (
+        Registration.objects.filter(recipient__in=wanted, connection__process__heartbeat_at__gte=_cutoff())
+        .values("recipient")
+        .annotate(n=Count("id"))
+        .values_list("recipient", "n")
+    )
+    counts.update(rows)
+    return counts
+
+
+def registered_connection_count() -> int:
+    """How many live connections registered at least one id (what a broadcast reaches)."""
+    return Connection.objects.filter(registered_at__isnull=False, process__heartbeat_at__gte=_cutoff()).count()
+
+
+def registered_ids() -> list[str]:
+    """Every id that at least one live connection registered."""
+    return list(
+        Registration.objects.filter(connection__process__heartbeat_at__gte=_cutoff())
+        .values_list("recipient", flat=True)
+        .distinct()
+        .order_by("recipient")
+    )
 
 
 # Through database_sync_to_async rather than the async ORM: it closes the worker

@@ -68,7 +68,13 @@ def validate_recipient(recipient: object) -> str:
 
 def message_text(message: object) -> str:
     """The text frame a recipient receives: a string as-is, anything else as its JSON text."""
-    text = message if isinstance(message, str) else json.dumps(message, ensure_ascii=False)
+    if isinstance(message, str):
+        text = message
+    else:
+        try:
+            text = json.dumps(message, ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise InvalidNotification(f"message cannot be sent as JSON: {exc}") from exc
     if reason := _unencodable_reason(text):
         raise InvalidNotification(f"message {reason}")
     return text
@@ -107,6 +113,11 @@ def group_name(recipient: str) -> str:
     differ in any code point apart (no Unicode normalisation) and resists collisions.
     """
     return conf.GROUP_PREFIX + hashlib.sha256(recipient.encode("utf-8")).hexdigest()
+
+
+def broadcast_group() -> str:
+    """The channel-layer group every connection joins with its first registration."""
+    return conf.GROUP_PREFIX + "all"  # recipient groups end in 64 hex digits: no clash
 
 
 def describe(recipient: str, limit: int = 80) -> str:

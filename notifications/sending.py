@@ -1,59 +1,111 @@
 """The one sending API: every entry point delivers notifications through here.
 
-The WebSocket relay, the ``notify`` command, the admin action and Django
-views all call :func:`asend_notification` (or its sync twin), so that they
-validate, deliver and account for failures the same way.
+The WebSocket relay, the ``notify`` command, the HTTP push endpoint, the
+admin action and Django views all call these functions, so that they
+validate, deliver and account for failures the same way::
 
-    from notifications.sending import send_notification
+    from notifications.sending import send  # async code: asend
 
     def finish_task(request, task):
         ...
-        send_notification(task.owner_uuid, "image2video")
+        result = send(task.owner_uuid, {"status": 200, "url": task.url})
+        result.live_connections  # 0: nobody is listening right now
+
+Where a notification goes:
+
+- Through the channel layer, to the recipient's group, when the layer
+  reaches every server process (Redis), or when this process is the server
+  (it runs ``notifyproject.asgi``, which calls :func:`mark_as_server`).
+- Through the running server's own WebSocket (``NOTIFY_SERVER_URL``), as
+  the old ``client.py`` did, when the layer is the in-memory one and this
+  process is not the server (a shell, a cron script, a worker): publishing
+  into this process's own memory would reach nobody.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from asgiref.sync import async_to_sync
-from channels.layers import BaseChannelLayer, get_channel_layer
+from channels.db import database_sync_to_async
+from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
+from django.db import DatabaseError
 
-from notifications import metrics
+from notifications import metrics, presence
+from notifications.conf import conf
 from notifications.presence import aconnection_count, ais_online, connection_count, is_online
-from notifications.protocol import describe, group_name, message_text, validate_recipient
+from notifications.protocol import (
+    REGISTER_MESSAGE,
+    InvalidNotification,
+    broadcast_group,
+    describe,
+    group_name,
+    message_text,
+    validate_recipient,
+)
 
 __all__ = [
     "DeliveryFailed",
+    "InvalidNotification",
+    "SendResult",
+    "abroadcast",
     "aconnection_count",
     "ais_online",
-    "asend_notification",
+    "asend",
+    "asend_many",
     "asend_to_connections",
+    "broadcast",
     "connection_count",
     "is_online",
-    "send_notification",
+    "send",
+    "send_many",
     "send_to_connections",
 ]
 
 logger = logging.getLogger(__name__)
 
 EVENT_TYPE = "notify.message"
+SERVER_TIMEOUT = 10.0  # seconds to reach the server's WebSocket and hand a notification over
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What a send did: handed over, and how many live connections the registry held for its id.
+
+    ``live_connections`` is read from the registry when the notification is
+    sent. The registry may lag by up to a second (a connection that has just
+    registered may not count yet, one that has just left may still count),
+    and it is ``None`` when the registry is switched off or unreadable.
+    """
+
+    recipient: str | None  # None for a broadcast
+    live_connections: int | None
 
 
 class DeliveryFailed(RuntimeError):
-    """The channel layer refused the notification (for example, Redis is down)."""
+    """The notification could not be handed over: Redis is down, or the server cannot be reached.
 
-
-async def asend_notification(recipient: str, message: object) -> None:
-    """Deliver ``message`` to every connection registered as ``recipient``.
-
-    A string is delivered as-is; anything else as its JSON text. Raises
-    :class:`~notifications.protocol.InvalidNotification` for an unusable id
-    or message, and :class:`DeliveryFailed` when the channel layer cannot
-    take it (also counted and logged at WARNING).
+    ``sent`` holds the results of the notifications of the same call that
+    were handed over before the failure.
     """
-    validate_recipient(recipient)
-    await deliver(recipient, message_text(message))
+
+    def __init__(self, message: str, *, sent: Sequence[SendResult] = ()) -> None:
+        super().__init__(message)
+        self.sent = list(sent)
+
+
+_serving = False
+
+
+def mark_as_server() -> None:
+    """Declare that this process serves the WebSocket, so the in-memory layer reaches its clients."""
+    global _serving
+    _serving = True
 
 
 def _layer() -> BaseChannelLayer:
@@ -63,15 +115,104 @@ def _layer() -> BaseChannelLayer:
     return layer
 
 
+def _server_to_use(server_url: str | None) -> str | None:
+    """The WebSocket address to send through, or None to send through the channel layer."""
+    if server_url:
+        return server_url
+    if isinstance(_layer(), InMemoryChannelLayer) and not _serving:
+        return conf.SERVER_URL
+    return None
+
+
+# Sending.
+
+
+async def asend(recipient: str, message: object, *, server_url: str | None = None) -> SendResult:
+    """Deliver ``message`` to every connection registered as ``recipient``.
+
+    A string is delivered as-is; anything else as its JSON text. Raises
+    :class:`InvalidNotification` for an unusable id or message, and
+    :class:`DeliveryFailed` when it cannot be handed over (also counted and
+    logged at WARNING). ``server_url`` sends through that server's WebSocket
+    instead of the channel layer.
+    """
+    (result,) = await asend_many([(recipient, message)], server_url=server_url)
+    return result
+
+
+async def asend_many(notifications: Iterable[tuple[str, object]], *, server_url: str | None = None) -> list[SendResult]:
+    """:func:`asend` for several notifications, in order, with one registry query.
+
+    Every notification is checked before any is sent: an unusable one raises
+    :class:`InvalidNotification` and nothing is sent.
+    """
+    items = [(validate_recipient(recipient), message_text(message)) for recipient, message in notifications]
+    counts = await _live_counts([recipient for recipient, _ in items])
+    results = [SendResult(recipient, counts.get(recipient) if counts is not None else None) for recipient, _ in items]
+    url = _server_to_use(server_url)
+    if url is not None:
+        await _send_through_server(url, items)
+        return results
+    for index, (recipient, text) in enumerate(items):
+        try:
+            await deliver(recipient, text)
+        except DeliveryFailed as exc:
+            raise DeliveryFailed(str(exc), sent=results[:index]) from exc
+    return results
+
+
+async def abroadcast(message: object, *, server_url: str | None = None) -> SendResult:
+    """Deliver ``message`` to every connection that registered at least one id.
+
+    ``live_connections`` is how many such connections the registry held.
+    Through the channel layer each connection receives it once. Through the
+    server's WebSocket (in-memory layer, outside the server) protocol v1 has
+    no broadcast, so it is sent to each registered id in turn, and a
+    connection registered under several ids receives it once per id.
+    """
+    text = message_text(message)
+    url = _server_to_use(server_url)
+    if url is not None:
+        recipients = await database_sync_to_async(presence.registered_ids)()
+        results = await asend_many([(recipient, text) for recipient in recipients], server_url=url)
+        total = sum(result.live_connections or 0 for result in results)
+        return SendResult(None, total)
+    live = await _read_registry(presence.registered_connection_count)
+    await _group_send(broadcast_group(), text, target="every connection", recipient=None)
+    return SendResult(None, live)
+
+
+def send(recipient: str, message: object, *, server_url: str | None = None) -> SendResult:
+    """Synchronous :func:`asend`, for views, commands, tasks and the shell."""
+    return async_to_sync(asend)(recipient, message, server_url=server_url)
+
+
+def send_many(notifications: Iterable[tuple[str, object]], *, server_url: str | None = None) -> list[SendResult]:
+    """Synchronous :func:`asend_many`."""
+    return async_to_sync(asend_many)(list(notifications), server_url=server_url)
+
+
+def broadcast(message: object, *, server_url: str | None = None) -> SendResult:
+    """Synchronous :func:`abroadcast`."""
+    return async_to_sync(abroadcast)(message, server_url=server_url)
+
+
 async def deliver(recipient: str, text: str) -> None:
     """Hand a notification already validated by :mod:`notifications.protocol` to the layer."""
+    # The recipient travels along so that a layer that cannot queue the
+    # notification for a connection can say for whom it was.
+    await _group_send(group_name(recipient), text, target=describe(recipient), recipient=recipient)
+
+
+async def _group_send(group: str, text: str, *, target: str, recipient: str | None) -> None:
     layer = _layer()
+    event: dict[str, Any] = {"type": EVENT_TYPE, "text": text}
+    if recipient is not None:
+        event["recipient"] = recipient
     try:
-        # The recipient travels along so that a layer that cannot queue the
-        # notification for a connection can say for whom it was.
-        await layer.group_send(group_name(recipient), {"type": EVENT_TYPE, "text": text, "recipient": recipient})
+        await layer.group_send(group, event)
     except Exception as exc:
-        _refused(describe(recipient), exc)
+        _refused(target, exc)
         raise DeliveryFailed(f"the channel layer refused the notification: {exc}") from exc
     metrics.counters[metrics.RELAYED] += 1
 
@@ -82,18 +223,13 @@ def _refused(target: str, exc: Exception) -> None:
     logger.warning("Undeliverable notification for %s: %s: %s", target, type(exc).__name__, exc)
 
 
-def send_notification(recipient: str, message: object) -> None:
-    """Synchronous :func:`asend_notification`, for views, commands and admin actions."""
-    async_to_sync(asend_notification)(recipient, message)
-
-
 async def asend_to_connections(channel_names: Iterable[str], message: object) -> int:
     """Deliver ``message`` to particular connections, whatever ids they registered.
 
     ``channel_names`` come from the registry (:class:`~notifications.models.Connection`).
     Returns how many of them the channel layer accepted; each refusal is
-    counted and logged at WARNING. Raises
-    :class:`~notifications.protocol.InvalidNotification` for an unusable message.
+    counted and logged at WARNING. Raises :class:`InvalidNotification` for an
+    unusable message.
     """
     text = message_text(message)
     layer = _layer()
@@ -112,3 +248,51 @@ async def asend_to_connections(channel_names: Iterable[str], message: object) ->
 def send_to_connections(channel_names: Iterable[str], message: object) -> int:
     """Synchronous :func:`asend_to_connections`, for the admin action and other sync code."""
     return async_to_sync(asend_to_connections)(list(channel_names), message)
+
+
+# The registry's counts: a failure to read them never stops a notification.
+
+
+async def _live_counts(recipients: list[str]) -> dict[str, int] | None:
+    return await _read_registry(presence.connection_counts, recipients)
+
+
+async def _read_registry(query: Any, *args: Any) -> Any:
+    if not conf.REGISTRY_ENABLED:
+        return None
+    try:
+        return await database_sync_to_async(query)(*args)
+    except DatabaseError as exc:
+        logger.warning("Cannot read live connections from the registry (sending anyway): %s", exc)
+        return None
+
+
+# Through the running server's WebSocket, as a protocol v1 client.
+
+
+async def _send_through_server(url: str, items: list[tuple[str, str]]) -> None:
+    """Hand notifications to the server at ``url`` as relay frames over one WebSocket connection."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidURI, WebSocketException
+
+    if any(text == REGISTER_MESSAGE for _, text in items):
+        raise InvalidNotification(
+            f"the text {REGISTER_MESSAGE!r} cannot go through the server's WebSocket (protocol v1 reads it as "
+            "a registration); set REDIS_URL to send it through the channel layer"
+        )
+    try:
+        async with asyncio.timeout(SERVER_TIMEOUT + len(items) / 1000):
+            async with connect(url, open_timeout=None, close_timeout=SERVER_TIMEOUT) as ws:
+                await ws.recv()  # the greeting: the server's consumer is ready
+                for recipient, text in items:
+                    await ws.send(json.dumps({"recipient_uuid": recipient, "message": text}, ensure_ascii=False))
+                # daphne queues a connection's frames for its consumer in order,
+                # then the close: the consumer relays every frame before it
+                # handles the disconnect.
+    except InvalidURI as exc:
+        raise DeliveryFailed(f"{url!r} is not a WebSocket address (ws://host:port/)") from exc
+    except (OSError, TimeoutError, WebSocketException) as exc:
+        raise DeliveryFailed(
+            f"cannot reach the server at {url} ({exc or type(exc).__name__}): is it running? "
+            "NOTIFY_SERVER_URL says where it listens; with REDIS_URL set, notifications go through Redis instead"
+        ) from exc

@@ -1,11 +1,135 @@
+"""HTTP views: the demo page, the example of a view that notifies, and the HTTP push endpoint."""
+
 from __future__ import annotations
 
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+import hmac
+import json
+from typing import Any
+
+from django import forms
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import RequestDataTooBig
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_safe
+
+from notifications.conf import conf
+from notifications.protocol import message_text, validate_recipient
+from notifications.sending import DeliveryFailed, InvalidNotification, SendResult, asend_many, send
 
 
 @require_safe
 def demo(request: HttpRequest) -> HttpResponse:
     """A page to try the server from a browser: register an id, send, watch what arrives."""
     return render(request, "notifications/demo.html")
+
+
+# The pattern to copy: a Django view that pushes a notification from a request handler.
+
+
+class SendForm(forms.Form):
+    recipient_uuid = forms.CharField(label="Recipient id", max_length=conf.MAX_RECIPIENT_LENGTH, strip=False)
+    message = forms.CharField(label="Message", widget=forms.Textarea(attrs={"rows": 3}), strip=False)
+
+
+@login_required
+def send_view(request: HttpRequest) -> HttpResponse:
+    """Send a notification from a form: login required, CSRF-protected POST."""
+    form = SendForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        recipient = form.cleaned_data["recipient_uuid"]
+        try:
+            result = send(recipient, form.cleaned_data["message"])
+        except InvalidNotification as exc:
+            form.add_error(None, f"Cannot send: {exc}.")
+        except DeliveryFailed as exc:
+            messages.error(request, f"Not sent: {exc}.")
+        else:
+            if result.live_connections:
+                messages.success(request, f"Sent to {recipient!r}: {result.live_connections} live connection(s).")
+            else:
+                messages.warning(request, f"Sent to {recipient!r}, but no live connection is registered right now.")
+            return redirect("send")
+    return render(request, "notifications/send.html", {"form": form})
+
+
+# The HTTP push endpoint for services that are not Django.
+
+
+def _error(status: int, message: str, **headers: str) -> JsonResponse:
+    response = JsonResponse({"error": message}, status=status)
+    for name, value in headers.items():
+        response[name] = value
+    return response
+
+
+def _authorized(request: HttpRequest) -> bool:
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not presented:
+        return False
+    given = presented.strip().encode()
+    # Compare with every key, in constant time each, so that timing tells nothing.
+    matches = [hmac.compare_digest(given, key.encode()) for key in conf.API_KEYS]
+    return any(matches)
+
+
+def _notifications(payload: Any) -> list[tuple[str, Any]]:
+    """The (recipient, message) pairs of a request body, or ValueError with a one-line reason."""
+    items = payload if isinstance(payload, list) else [payload]
+    if not items:
+        raise ValueError("the list holds no notification")
+    if len(items) > conf.API_MAX_BATCH:
+        raise ValueError(f"{len(items)} notifications in one request; at most {conf.API_MAX_BATCH}")
+    pairs = []
+    for index, item in enumerate(items):
+        where = f"item {index}: " if isinstance(payload, list) else ""
+        if not isinstance(item, dict):
+            raise ValueError(f'{where}expected an object {{"recipient_uuid": ..., "message": ...}}')
+        for field in ("recipient_uuid", "message"):
+            if field not in item:
+                raise ValueError(f"{where}no {field}")
+        try:
+            pairs.append((validate_recipient(item["recipient_uuid"]), message_text(item["message"])))
+        except InvalidNotification as exc:
+            raise ValueError(f"{where}{exc}") from None
+    return pairs
+
+
+@csrf_exempt  # authenticated by API key, not by a browser session
+async def api_notify(request: HttpRequest) -> HttpResponse:
+    """``POST /api/notify/``: ``{"recipient_uuid": ..., "message": ...}`` or a list of them.
+
+    Answers ``{"results": [{"recipient_uuid": ..., "live_connections": N}, ...]}``.
+    """
+    if not conf.API_KEYS:
+        raise Http404("The HTTP push endpoint is off (NOTIFY_API_KEYS is not set).")
+    if request.method != "POST":
+        return _error(405, "use POST", Allow="POST")
+    if not _authorized(request):
+        return _error(401, "missing or wrong API key (Authorization: Bearer <key>)", **{"WWW-Authenticate": "Bearer"})
+    limit = conf.API_MAX_BODY
+    try:
+        too_big = int(request.headers.get("Content-Length") or 0) > limit or len(request.body) > limit
+    except (ValueError, RequestDataTooBig):
+        too_big = True
+    if too_big:
+        return _error(413, f"the body is over {limit} bytes")
+    try:
+        payload = json.loads(request.body)
+    except (ValueError, RecursionError) as exc:
+        return _error(400, f"the body is not JSON: {exc}")
+    try:
+        pairs = _notifications(payload)
+    except ValueError as exc:
+        return _error(400, str(exc))
+    try:
+        results = await asend_many(pairs)
+    except DeliveryFailed as exc:
+        return JsonResponse({"error": str(exc), "results": _results(exc.sent)}, status=503)
+    return JsonResponse({"results": _results(results)})
+
+
+def _results(results: list[SendResult]) -> list[dict[str, Any]]:
+    return [{"recipient_uuid": r.recipient, "live_connections": r.live_connections} for r in results]

@@ -16,9 +16,11 @@ from notifications.checks import refuse_to_start_on_errors  # noqa: E402
 from notifications.origins import NotificationOriginValidator  # noqa: E402
 from notifications.registry import registry  # noqa: E402
 from notifications.routing import websocket_urlpatterns  # noqa: E402
+from notifications.sending import mark_as_server  # noqa: E402
 
 refuse_to_start_on_errors()
 registry.start_with_daphne()
+mark_as_server()  # the in-memory layer of this process reaches the clients: send through it
 
 application = ProtocolTypeRouter(
     {

@@ -212,6 +212,14 @@ NOTIFICATIONS_ALLOWED_ORIGINS = env_list("NOTIFY_ALLOWED_ORIGINS", ["*"])
 # process-local in-memory one (bin/serve's address by default).
 NOTIFICATIONS_SERVER_URL = os.environ.get("NOTIFY_SERVER_URL", "").strip() or "ws://127.0.0.1:8765/"
 
+# API keys of the HTTP push endpoint POST /api/notify/ (comma-separated, sent as
+# "Authorization: Bearer <key>"). None configured: the endpoint answers 404.
+NOTIFICATIONS_API_KEYS = env_list("NOTIFY_API_KEYS", [])
+
+# The example view /send/ needs a logged-in user; this is where one logs in.
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "send"
+
 # The live-connection registry (notifications/registry.py): each process beats a
 # heartbeat; the rows of a process silent for NOTIFY_STALE_AFTER seconds are purged.
 NOTIFICATIONS_HEARTBEAT_INTERVAL = env_seconds("NOTIFY_HEARTBEAT_INTERVAL", 10.0)

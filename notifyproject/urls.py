@@ -1,11 +1,16 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from notifications.views import demo
+from notifications.views import api_notify, demo, send_view
 
 urlpatterns = [
     path("", demo, name="demo"),
+    path("send/", send_view, name="send"),
+    path("api/notify/", api_notify, name="api-notify"),
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
 ]

@@ -11,7 +11,7 @@ from websockets.exceptions import ConnectionClosed
 
 from notifications import metrics
 from notifications.consumers import CLOSE_TRY_AGAIN_LATER
-from notifications.sending import DeliveryFailed, asend_notification
+from notifications.sending import DeliveryFailed, asend
 from tests.clients import frame, open_client, register_confirmed
 from tests.servers import Daphne, RedisServer, free_port, wait_until
 
@@ -35,7 +35,7 @@ async def test_sending_while_redis_is_down_raises_counts_and_logs_the_id(
     }
     before = metrics.counters[metrics.UNDELIVERABLE]
     with caplog.at_level(logging.WARNING, logger="notifications"), pytest.raises(DeliveryFailed):
-        await asend_notification("task-owner", "image2video")
+        await asend("task-owner", "image2video")
     assert metrics.counters[metrics.UNDELIVERABLE] == before + 1
     assert any("Undeliverable notification for 'task-owner'" in r.getMessage() for r in caplog.records)
 

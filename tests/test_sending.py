@@ -10,7 +10,7 @@ from channels.testing import WebsocketCommunicator
 from django.test import AsyncClient
 
 from notifications.protocol import GREETING, InvalidNotification
-from notifications.sending import asend_notification
+from notifications.sending import asend
 from notifyproject.asgi import application
 
 pytestmark = pytest.mark.usefixtures("in_memory_layer")
@@ -59,4 +59,4 @@ async def test_an_async_view_notifies_a_connected_client(owner: WebsocketCommuni
 )
 async def test_unusable_ids_and_messages_raise_a_clear_error(recipient: object, message: object, error: str) -> None:
     with pytest.raises(InvalidNotification, match=error):
-        await asend_notification(recipient, message)  # type: ignore[arg-type]
+        await asend(recipient, message)  # type: ignore[arg-type]

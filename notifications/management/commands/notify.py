@@ -1,76 +1,88 @@
-"""``python manage.py notify <recipient_uuid> "<message>"``: send one notification."""
+"""``python manage.py notify <recipient_uuid> "<message>"``: send a notification, as an operator."""
 
 from __future__ import annotations
 
-import asyncio
 import json
+import sys
 from typing import Any
 
-from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from notifications.conf import conf
-from notifications.protocol import REGISTER_MESSAGE, InvalidNotification, message_text, validate_recipient
-from notifications.sending import DeliveryFailed, send_notification
+from notifications.sending import DeliveryFailed, InvalidNotification, SendResult, broadcast, send
+
+USAGE_ERROR = 2  # as argparse exits for a usage mistake
 
 
 class Command(BaseCommand):
     help = (
-        "Send a notification to every connection registered as RECIPIENT. "
-        "Goes through the channel layer (REDIS_URL); with the process-local "
-        "in-memory layer it goes through the running server's WebSocket instead."
+        "Send MESSAGE to every connection registered as RECIPIENT (or, with --all, to every registered "
+        "connection). Goes through the channel layer when it reaches the server processes (REDIS_URL); "
+        "with the embedded in-memory layer it goes through the running server's WebSocket. "
+        "Exits 0 once the message is handed over, 1 when it cannot be (no server, Redis down), "
+        "2 for a mistake in the command line (arguments, id, message)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("recipient", help="the recipient id (recipient_uuid)")
-        parser.add_argument("message", help="the text the recipient receives")
+        parser.add_argument(
+            "arguments",
+            nargs="*",
+            metavar="RECIPIENT MESSAGE",
+            help="the recipient id (recipient_uuid) and the text it receives; "
+            "MESSAGE '-' reads it from standard input (one final newline is dropped); "
+            "with --all, MESSAGE alone",
+        )
+        parser.add_argument("--all", action="store_true", help="send to every registered connection")
+        parser.add_argument(
+            "--json", action="store_true", dest="as_json", help="MESSAGE is a JSON document: check it first"
+        )
+        parser.add_argument("--quiet", "-q", action="store_true", help="print nothing when the message is sent")
         parser.add_argument(
             "--url",
-            help=f"send as a WebSocket client to this server instead of through the channel layer "
-            f"(default with the in-memory layer: {conf.SERVER_URL})",
+            help="send through this server's WebSocket instead of the channel layer "
+            f"(with the in-memory layer the default is NOTIFY_SERVER_URL, now {conf.SERVER_URL})",
         )
 
-    def handle(self, *args: Any, recipient: str, message: str, url: str | None, **options: Any) -> None:
-        try:
-            validate_recipient(recipient)
-            message_text(message)
-        except InvalidNotification as exc:
-            raise CommandError(f"Cannot send: {str(exc).rstrip('.')}.") from exc
-        if url is None and isinstance(get_channel_layer(), InMemoryChannelLayer):
-            # The in-memory layer lives inside each process: publishing into this
-            # command's own copy would reach nobody, so talk to the server instead.
-            url = conf.SERVER_URL
-        if url:
-            if message == REGISTER_MESSAGE:
-                raise CommandError(
-                    f"Cannot send the text {REGISTER_MESSAGE!r} through the server's WebSocket: protocol v1 "
-                    "reads it as a registration. Set REDIS_URL to send it through the channel layer."
-                )
-            self._send_over_websocket(url, recipient, message)
-            where = url
-        else:
-            try:
-                send_notification(recipient, message)
-            except DeliveryFailed as exc:
-                raise CommandError(f"Cannot send: {str(exc).rstrip('.')}.") from exc
-            where = "the channel layer"
-        self.stdout.write(f"Sent {len(message)} characters to {recipient!r} through {where}.")
-
-    def _send_over_websocket(self, url: str, recipient: str, message: str) -> None:
-        from websockets.asyncio.client import connect
-        from websockets.exceptions import InvalidURI, WebSocketException
-
-        async def send() -> None:
-            async with connect(url, open_timeout=10, close_timeout=5) as ws:
-                await asyncio.wait_for(ws.recv(), timeout=10)  # the greeting
-                await ws.send(json.dumps({"recipient_uuid": recipient, "message": message}))
-
-        try:
-            asyncio.run(send())
-        except InvalidURI as exc:
-            raise CommandError(f"{url!r} is not a WebSocket address (ws://host:port/).") from exc
-        except (OSError, TimeoutError, WebSocketException) as exc:
+    def handle(
+        self, *args: Any, arguments: list[str], all: bool, as_json: bool, quiet: bool, url: str | None, **options: Any
+    ) -> None:
+        wanted = 1 if all else 2
+        if len(arguments) != wanted:
+            usage = "notify --all MESSAGE" if all else "notify RECIPIENT MESSAGE"
             raise CommandError(
-                f"Cannot reach the server at {url}: {exc or type(exc).__name__}. "
-                "Is it running? Set REDIS_URL to send through Redis, or pass --url."
-            ) from exc
+                f"Usage: {usage} (got {len(arguments)} argument{'s' if len(arguments) != 1 else ''}).",
+                returncode=USAGE_ERROR,
+            )
+        message = self._message(arguments[-1], as_json=as_json)
+        try:
+            result = broadcast(message, server_url=url) if all else send(arguments[0], message, server_url=url)
+        except InvalidNotification as exc:
+            raise CommandError(f"Cannot send: {exc}.", returncode=USAGE_ERROR) from exc
+        except DeliveryFailed as exc:
+            raise CommandError(f"Cannot send: {exc}.") from exc
+        if not quiet:
+            self.stdout.write(self._report(result))
+
+    def _message(self, argument: str, *, as_json: bool) -> str:
+        text = argument
+        if argument == "-":
+            text = sys.stdin.read()
+            text = text.removesuffix("\n").removesuffix("\r")
+        if as_json:
+            try:
+                json.loads(text)
+            except ValueError as exc:
+                raise CommandError(
+                    f"Cannot send: --json: the message is not valid JSON ({exc}).", returncode=USAGE_ERROR
+                ) from exc
+        return text
+
+    @staticmethod
+    def _report(result: SendResult) -> str:
+        target = "every registered connection" if result.recipient is None else repr(result.recipient)
+        count = result.live_connections
+        if count is None:
+            return f"Sent to {target} (live connections unknown: the registry is off or unreadable)."
+        if count == 0:
+            return f"Sent to {target}, but no live connection is registered right now."
+        return f"Sent to {target}: {count} live connection{'s' if count != 1 else ''}."
