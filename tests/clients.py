@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
 from notifications.protocol import GREETING
+from notifications.sending import aconnection_count
+from tests.servers import eventually
 
 TIMEOUT = 10.0
 
@@ -79,8 +82,36 @@ async def receives_nothing(ws: ClientConnection, within: float = 0.5) -> bool:
     raise AssertionError(f"unexpected frame: {data!r}")
 
 
+async def registry_counts(recipient: str, count: int) -> None:
+    """Wait until the registry holds ``count`` live connections for ``recipient`` (it writes in batches)."""
+
+    async def counted() -> bool:
+        return await aconnection_count(recipient) == count
+
+    await eventually(counted, seconds=10)
+
+
+def post_json(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """POST ``body`` to ``url``; the status and the decoded JSON answer (None if it is not JSON)."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/json", **(headers or {})}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+            status, data = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, data = exc.code, exc.read()
+    try:
+        return status, json.loads(data)
+    except ValueError:
+        return status, None
+
+
 class AdminSession:
-    """A browser's session with the Django admin of a real server: cookies, CSRF, login form."""
+    """A browser's session with a real server's pages (the admin, the send view): cookies, CSRF, login form."""
 
     def __init__(self, base_url: str) -> None:
         import http.cookiejar
@@ -115,9 +146,18 @@ class AdminSession:
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
 
-    def log_in(self, username: str, password: str) -> None:
-        self.get("/admin/login/")  # sets the CSRF cookie
+    def log_in(
+        self,
+        username: str,
+        password: str,
+        *,
+        login: str = "/admin/login/",
+        then: str = "/admin/",
+        shows: str = "Log out",
+    ) -> None:
+        """Log in through the form at ``login``; the page ``then`` that follows must show ``shows``."""
+        self.get(login)  # sets the CSRF cookie
         status, page = self.post(
-            "/admin/login/?next=/admin/", [("username", username), ("password", password), ("next", "/admin/")]
+            f"{login}?next={then}", [("username", username), ("password", password), ("next", then)]
         )
-        assert status == 200 and "Log out" in page, f"admin login failed ({status})"
+        assert status == 200 and shows in page, f"login failed ({status})"

@@ -8,9 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from notifications.sending import aconnection_count
-from tests.clients import open_client, receive, receives_nothing, register_confirmed
-from tests.servers import ROOT, Daphne, child_env, eventually, free_port
+from tests.clients import open_client, receive, receives_nothing, register_confirmed, registry_counts
+from tests.servers import ROOT, Daphne, child_env, free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -31,15 +30,6 @@ def manage(database_url: str) -> Callable[..., subprocess.CompletedProcess[str]]
         )
 
     return run
-
-
-async def registry_counts(recipient: str, count: int) -> None:
-    """Wait until the registry holds ``count`` live connections for ``recipient`` (it writes in batches)."""
-
-    async def counted() -> bool:
-        return await aconnection_count(recipient) == count
-
-    await eventually(counted, seconds=10)
 
 
 def one_error_line(result: subprocess.CompletedProcess[str]) -> str:

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+from urllib.error import HTTPError
+from urllib.parse import urlencode
+from urllib.request import Request
 
 import pytest
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import User
 from django.test import AsyncClient
 
+from notifications import sending
 from notifications.protocol import GREETING, InvalidNotification
-from notifications.sending import asend
+from notifications.sending import DeliveryFailed, SendResult, abroadcast, asend, send
 from notifyproject.asgi import application
-
-pytestmark = pytest.mark.usefixtures("in_memory_layer")
+from tests.clients import AdminSession, open_client, receive, register_confirmed, registry_counts
+from tests.servers import Daphne, free_port
 
 
 @pytest.fixture
@@ -33,14 +42,14 @@ def view_urls(settings: pytest.FixtureRequest) -> None:
     settings.ROOT_URLCONF = "tests.urls"
 
 
-@pytest.mark.usefixtures("view_urls")
+@pytest.mark.usefixtures("view_urls", "in_memory_layer")
 async def test_a_sync_view_notifies_a_connected_client(owner: WebsocketCommunicator) -> None:
     response = await AsyncClient().post("/tasks/finish/", {"owner": "owner-1", "task": "t-42"})
     assert response.status_code == 200
     assert json.loads(await owner.receive_from()) == {"status": 200, "task": "t-42"}
 
 
-@pytest.mark.usefixtures("view_urls")
+@pytest.mark.usefixtures("view_urls", "in_memory_layer")
 async def test_an_async_view_notifies_a_connected_client(owner: WebsocketCommunicator) -> None:
     response = await AsyncClient().post("/tasks/finish-async/", {"owner": "owner-1"})
     assert response.status_code == 200
@@ -60,3 +69,117 @@ async def test_an_async_view_notifies_a_connected_client(owner: WebsocketCommuni
 async def test_unusable_ids_and_messages_raise_a_clear_error(recipient: object, message: object, error: str) -> None:
     with pytest.raises(InvalidNotification, match=error):
         await asend(recipient, message)  # type: ignore[arg-type]
+
+
+# Against real daphne processes, as projects run them.
+
+
+@pytest.fixture
+def registry_readable(settings: Any) -> None:
+    """Count live connections from the registry rows the daphne processes write."""
+    settings.NOTIFICATIONS_REGISTRY_ENABLED = True
+
+
+@pytest.fixture
+async def redis_layer(settings: Any, redis_url: str, redis_prefix: str) -> AsyncIterator[dict[str, str | None]]:
+    """This process on the same Redis as the daphne processes; the environment to start them with."""
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "notifications.layers.RedisPubSubLayer",
+            "CONFIG": {"hosts": [redis_url], "prefix": redis_prefix},
+        }
+    }
+    yield {"REDIS_URL": redis_url, "REDIS_PREFIX": redis_prefix}
+    await get_channel_layer().flush()
+
+
+@pytest.mark.usefixtures("registry_readable")
+async def test_a_view_in_the_server_sends_from_a_request_handler(daphne: Daphne) -> None:
+    """The example view /send/: login required, CSRF-protected form, the sync API inside daphne."""
+    await sync_to_async(User.objects.create_user)("editor", password="editor-password")
+    ws = await open_client(daphne.url)
+    await register_confirmed(ws, "reader <b>1</b>")
+    await registry_counts("reader <b>1</b>", 1)
+    session = AdminSession(daphne.http_url)
+
+    status, page = await asyncio.to_thread(session.get, "/send/")
+    assert status == 200 and "Sign in" in page  # anonymous: sent to the login form first
+
+    await asyncio.to_thread(
+        session.log_in,
+        "editor",
+        "editor-password",
+        login="/accounts/login/",
+        then="/send/",
+        shows="Send a notification",
+    )
+    form = [("recipient_uuid", "reader <b>1</b>"), ("message", "your export is ready")]
+    status, page = await asyncio.to_thread(session.post, "/send/", form)
+
+    assert status == 200
+    assert "Sent to &#x27;reader &lt;b&gt;1&lt;/b&gt;&#x27;: 1 live connection(s)." in page
+    assert await receive(ws) == "your export is ready"
+
+
+async def test_the_send_view_refuses_a_post_without_csrf_token(daphne: Daphne) -> None:
+    await sync_to_async(User.objects.create_user)("editor", password="editor-password")
+    session = AdminSession(daphne.http_url)
+    await asyncio.to_thread(
+        session.log_in,
+        "editor",
+        "editor-password",
+        login="/accounts/login/",
+        then="/send/",
+        shows="Send a notification",
+    )
+    body = urlencode({"recipient_uuid": "x", "message": "y"}).encode()
+    request = Request(daphne.http_url + "/send/", data=body, method="POST")
+    with pytest.raises(HTTPError) as refused:
+        await asyncio.to_thread(session.opener.open, request, timeout=10)
+    assert refused.value.code == 403
+
+
+@pytest.mark.usefixtures("registry_readable")
+async def test_code_in_another_process_reaches_clients_through_redis(
+    daphne_factory: Callable[..., Daphne], redis_layer: dict[str, str | None]
+) -> None:
+    server = daphne_factory(redis_layer)
+    ws, other = await open_client(server.url), await open_client(server.url)
+    await register_confirmed(ws, "worker-result")
+    await register_confirmed(other, "someone-else")
+    await registry_counts("worker-result", 1)
+    await registry_counts("someone-else", 1)
+
+    assert await asend("worker-result", {"status": 200}) == SendResult("worker-result", 1)
+    assert await receive(ws) == '{"status": 200}'
+    # Sync code (a Celery task, the shell) in a thread of its own.
+    assert await asyncio.to_thread(send, "worker-result", "from sync code") == SendResult("worker-result", 1)
+    assert await receive(ws) == "from sync code"
+    assert await abroadcast("to everyone") == SendResult(None, 2)
+    assert await receive(ws) == "to everyone"
+    assert await receive(other) == "to everyone"
+    assert await asend("nobody", "x") == SendResult("nobody", 0)
+
+
+@pytest.mark.usefixtures("registry_readable", "in_memory_layer")
+async def test_code_outside_the_server_on_the_embedded_default_goes_through_the_server(
+    daphne: Daphne, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sending, "_serving", False)  # a shell or a worker, not the server
+    settings.NOTIFICATIONS_SERVER_URL = daphne.url
+    ws = await open_client(daphne.url)
+    await register_confirmed(ws, "shell-user")
+    await registry_counts("shell-user", 1)
+
+    assert await asyncio.to_thread(send, "shell-user", {"done": True}) == SendResult("shell-user", 1)
+    assert await receive(ws) == '{"done": true}'
+    assert await abroadcast("to everyone") == SendResult(None, 1)
+    assert await receive(ws) == "to everyone"
+
+
+@pytest.mark.usefixtures("in_memory_layer")
+async def test_code_outside_the_server_says_when_no_server_runs(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sending, "_serving", False)
+    settings.NOTIFICATIONS_SERVER_URL = url = f"ws://127.0.0.1:{free_port()}/"
+    with pytest.raises(DeliveryFailed, match=f"cannot reach the server at {url}"):
+        await asend("someone", "lost?")
