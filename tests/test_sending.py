@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -17,12 +18,12 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
 from django.test import AsyncClient
 
-from notifications import sending
+from notifications import sending, views
 from notifications.protocol import GREETING, InvalidNotification
 from notifications.sending import DeliveryFailed, SendResult, abroadcast, asend, send
 from notifyproject.asgi import application
 from tests.clients import AdminSession, open_client, receive, register_confirmed, registry_counts
-from tests.servers import Daphne, free_port
+from tests.servers import ROOT, Daphne, free_port
 
 
 @pytest.fixture
@@ -183,3 +184,8 @@ async def test_code_outside_the_server_says_when_no_server_runs(settings: Any, m
     settings.NOTIFICATIONS_SERVER_URL = url = f"ws://127.0.0.1:{free_port()}/"
     with pytest.raises(DeliveryFailed, match=f"cannot reach the server at {url}"):
         await asend("someone", "lost?")
+
+
+def test_the_readme_shows_the_example_view_as_it_is() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert inspect.getsource(views.send_view) in readme
