@@ -13,7 +13,7 @@ from django.test import Client
 from notifications import sending
 from notifications.models import Connection
 from tests.clients import open_client, post_json, receive, receives_nothing, register_confirmed, registry_counts
-from tests.servers import Daphne
+from tests.servers import Daphne, free_port
 
 KEY = "k" * 40
 OTHER_KEY = "another-key-for-the-queue-manager-0123456789"
@@ -124,6 +124,21 @@ def test_bad_input_gets_400_with_one_line(api: Client, body: object, error: str)
     assert status == 400
     assert set(answer) == {"error"}
     assert answer["error"].startswith(error)
+    assert "\n" not in answer["error"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_redis_down_gets_503_with_one_line(api: Client, settings: Any) -> None:
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "notifications.layers.RedisPubSubLayer",
+            "CONFIG": {"hosts": [f"redis://127.0.0.1:{free_port()}/0"]},
+        }
+    }
+    status, answer = post(api, [{"recipient_uuid": "a", "message": "x"}, {"recipient_uuid": "b", "message": "y"}])
+    assert status == 503
+    assert answer["results"] == []  # nothing was handed over
+    assert answer["error"].startswith("the channel layer refused the notification: ")
     assert "\n" not in answer["error"]
 
 

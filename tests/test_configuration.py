@@ -66,7 +66,13 @@ def test_ids_longer_than_the_registry_stores_fail_the_checks(settings: pytest.Fi
 
 @pytest.mark.parametrize(
     "setting",
-    ["NOTIFICATIONS_MAX_IDS_PER_CONNECTION", "NOTIFICATIONS_MAX_RECIPIENT_LENGTH", "NOTIFICATIONS_MAX_QUEUED_MESSAGES"],
+    [
+        "NOTIFICATIONS_MAX_IDS_PER_CONNECTION",
+        "NOTIFICATIONS_MAX_RECIPIENT_LENGTH",
+        "NOTIFICATIONS_MAX_QUEUED_MESSAGES",
+        "NOTIFICATIONS_API_MAX_BODY",
+        "NOTIFICATIONS_API_MAX_BATCH",
+    ],
 )
 def test_a_limit_below_one_fails_the_checks(settings: pytest.FixtureRequest, setting: str) -> None:
     setattr(settings, setting, 0)
@@ -146,3 +152,18 @@ def test_x_forwarded_proto_is_trusted_only_behind_the_proxy(behind_proxy: str | 
     )
     result = run("-c", code, env={"NOTIFY_BEHIND_PROXY": behind_proxy, "DJANGO_DEBUG": "1"})
     assert result.stdout.strip() == str(trusted), result.stderr
+
+
+def test_a_short_api_key_stops_the_server_without_showing_the_key(tmp_path: Path) -> None:
+    env = {"NOTIFY_API_KEYS": "k" * 40 + ",guessable", "DJANGO_DEBUG": "1"}
+    with pytest.raises(RuntimeError) as failed:
+        start_daphne(env=env, log_dir=tmp_path)
+    log = str(failed.value)
+    assert "Configuration error: notifications.E006: NOTIFY_API_KEYS: key number 2 is shorter than 32" in log
+    assert "guessable" not in log
+    assert "Traceback" not in log
+
+
+def test_long_api_keys_pass_the_checks(settings: pytest.FixtureRequest) -> None:
+    settings.NOTIFICATIONS_API_KEYS = ["k" * 32, "another-key-for-the-queue-manager-0123456789"]
+    assert "notifications.E006" not in error_ids(run_checks())
