@@ -94,18 +94,9 @@ async def redis_layer(settings: Any, redis_url: str, redis_prefix: str) -> Async
     await get_channel_layer().flush()
 
 
-@pytest.mark.usefixtures("registry_readable")
-async def test_a_view_in_the_server_sends_from_a_request_handler(daphne: Daphne) -> None:
-    """The example view /send/: login required, CSRF-protected form, the sync API inside daphne."""
+async def log_in_as_editor(session: AdminSession) -> None:
+    """Log in through the site's login form as a user who is not staff."""
     await sync_to_async(User.objects.create_user)("editor", password="editor-password")
-    ws = await open_client(daphne.url)
-    await register_confirmed(ws, "reader <b>1</b>")
-    await registry_counts("reader <b>1</b>", 1)
-    session = AdminSession(daphne.http_url)
-
-    status, page = await asyncio.to_thread(session.get, "/send/")
-    assert status == 200 and "Sign in" in page  # anonymous: sent to the login form first
-
     await asyncio.to_thread(
         session.log_in,
         "editor",
@@ -114,6 +105,20 @@ async def test_a_view_in_the_server_sends_from_a_request_handler(daphne: Daphne)
         then="/send/",
         shows="Send a notification",
     )
+
+
+@pytest.mark.usefixtures("registry_readable")
+async def test_a_view_in_the_server_sends_from_a_request_handler(daphne: Daphne) -> None:
+    """The example view /send/: login required, CSRF-protected form, the sync API inside daphne."""
+    ws = await open_client(daphne.url)
+    await register_confirmed(ws, "reader <b>1</b>")
+    await registry_counts("reader <b>1</b>", 1)
+    session = AdminSession(daphne.http_url)
+
+    status, page = await asyncio.to_thread(session.get, "/send/")
+    assert status == 200 and "Sign in" in page  # anonymous: sent to the login form first
+
+    await log_in_as_editor(session)
     form = [("recipient_uuid", "reader <b>1</b>"), ("message", "your export is ready")]
     status, page = await asyncio.to_thread(session.post, "/send/", form)
 
@@ -123,16 +128,8 @@ async def test_a_view_in_the_server_sends_from_a_request_handler(daphne: Daphne)
 
 
 async def test_the_send_view_refuses_a_post_without_csrf_token(daphne: Daphne) -> None:
-    await sync_to_async(User.objects.create_user)("editor", password="editor-password")
     session = AdminSession(daphne.http_url)
-    await asyncio.to_thread(
-        session.log_in,
-        "editor",
-        "editor-password",
-        login="/accounts/login/",
-        then="/send/",
-        shows="Send a notification",
-    )
+    await log_in_as_editor(session)
     body = urlencode({"recipient_uuid": "x", "message": "y"}).encode()
     request = Request(daphne.http_url + "/send/", data=body, method="POST")
     with pytest.raises(HTTPError) as refused:
