@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
 from django.views.decorators.http import require_safe
 
 
 @require_safe
-def demo(request: HttpRequest) -> HttpResponse:
-    """A page to try the server from a browser: register an id, send, watch what arrives."""
-    return render(request, "notifications/demo.html")
+def example(request: HttpRequest) -> HttpResponse:
+    """The example page: receive as the id after ``#``, send, watch what arrives.
+
+    Sent as the file it is, never rendered as a template, so that the same file
+    also works opened from disk.
+    """
+    page = settings.BASE_DIR / "templates" / "notifications" / "example.html"
+    return HttpResponse(page.read_bytes(), content_type="text/html; charset=utf-8")
