@@ -18,7 +18,7 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from tests.clients import open_client, receive, register_confirmed, send_once
-from tests.servers import ROOT, Daphne, child_env, free_port, require_program
+from tests.servers import ROOT, Daphne, Nginx, child_env, free_port, require_program
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -256,3 +256,12 @@ async def test_the_page_is_served_as_the_file_it_is_and_the_client_as_a_static_f
     assert await client.body() == CLIENT_FILE.read_bytes()
     admin_css = await page.request.get(f"{daphne.http_url}/static/admin/css/base.css")
     assert admin_css.status == 200
+
+
+async def test_behind_nginx_the_page_and_its_client_come_through_and_connect(
+    browser: Browser, daphne: Daphne, nginx_factory: Callable[[Daphne], Nginx]
+) -> None:
+    nginx = nginx_factory(daphne)
+    page = await open_example(browser, f"{nginx.http_url}/example/#via-nginx")
+    await expect(page.locator("#server")).to_have_text(nginx.url)
+    await confirm_receiving(page, "via-nginx")
