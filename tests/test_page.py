@@ -16,7 +16,9 @@ from urllib.parse import quote
 
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
+from notifications.protocol import GREETING
 from tests.clients import open_client, receive, register_confirmed, send_once
 from tests.servers import ROOT, Daphne, Nginx, child_env, free_port, require_program
 
@@ -210,6 +212,38 @@ async def test_the_client_backs_off_exponentially_with_jitter(browser: Browser) 
     ceilings = [40, 80, 160, 300, 300, 300]
     for delay, ceiling in zip(delays, ceilings, strict=True):
         assert ceiling / 2 <= delay < ceiling
+
+
+async def test_the_client_receives_for_every_id_it_registered_and_never_the_greeting(
+    browser: Browser, daphne: Daphne
+) -> None:
+    page = await browser.new_page()
+    await page.add_script_tag(path=CLIENT_FILE)
+    await page.evaluate(
+        """(url) => {
+            window.received = [];
+            window.client = new NotifyClient(url, { ids: ["first"], onMessage: (text) => window.received.push(text) });
+        }""",
+        daphne.url,
+    )
+    await page.wait_for_function("window.client.state === 'connected'")
+    await page.evaluate("window.client.register('second')")
+    for recipient in ("first", "second"):
+        for attempt in range(10):
+            probe = f"probe {attempt} to {recipient}"
+            assert await page.evaluate("([to, text]) => window.client.send(to, text)", [recipient, probe])
+            try:
+                await page.wait_for_function("(probe) => window.received.includes(probe)", arg=probe, timeout=1000)
+                break
+            except PlaywrightTimeoutError:
+                continue
+        else:
+            raise AssertionError(f"the client never received what it sent to {recipient!r}")
+    await send_once(daphne.url, "second", "for the second id")
+    await page.wait_for_function("window.received.includes('for the second id')")
+    received = await page.evaluate("window.received")
+    assert GREETING not in received
+    assert received[0].startswith("probe ")
 
 
 async def test_opened_from_disk_it_connects_to_the_server_given_by_the_query(browser: Browser, daphne: Daphne) -> None:

@@ -80,6 +80,7 @@
     }
 
     register(id) {
+      if (this.ids.has(id)) return;
       this.ids.add(id);
       if (this.state === "connected") this.registerOn(this.socket, id);
     }
