@@ -1,4 +1,4 @@
-"""HTTP views: the demo page, the example of a view that notifies, and the HTTP push endpoint."""
+"""HTTP views: the example page, the example of a view that notifies, and the HTTP push endpoint."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import RequestDataTooBig
@@ -21,9 +22,14 @@ from notifications.sending import DeliveryFailed, InvalidNotification, SendResul
 
 
 @require_safe
-def demo(request: HttpRequest) -> HttpResponse:
-    """A page to try the server from a browser: register an id, send, watch what arrives."""
-    return render(request, "notifications/demo.html")
+def example(request: HttpRequest) -> HttpResponse:
+    """The example page: receive as the id after ``#``, send, watch what arrives.
+
+    Sent as the file it is, never rendered as a template, so that the same file
+    also works opened from disk.
+    """
+    page = settings.BASE_DIR / "templates" / "notifications" / "example.html"
+    return HttpResponse(page.read_bytes(), content_type="text/html; charset=utf-8")
 
 
 # The pattern to copy: a Django view that pushes a notification from a request handler.

@@ -76,10 +76,15 @@ async def async_db() -> AsyncIterator[None]:
 
 @pytest.fixture
 def daphne_factory(tmp_path: Path, database_url: str) -> Iterator[Callable[..., Daphne]]:
-    """Start real daphne processes on the test database; all are stopped when the test ends."""
+    """Start real daphne processes on the test database; all are stopped when the test ends.
+
+    ``port`` starts one where a stopped one listened (a restart, as clients see it).
+    """
     started: list[Daphne] = []
 
-    def start(env: dict[str, str | None] | None = None, extra_args: tuple[str, ...] = ()) -> Daphne:
+    def start(
+        env: dict[str, str | None] | None = None, extra_args: tuple[str, ...] = (), *, port: int | None = None
+    ) -> Daphne:
         base: dict[str, str | None] = {
             "DJANGO_DEBUG": "1",
             # One key for every process, as in production (sessions work across them).
@@ -89,7 +94,7 @@ def daphne_factory(tmp_path: Path, database_url: str) -> Iterator[Callable[..., 
             "LOG_LEVEL": "INFO",
         }
         base.update(env or {})
-        server = start_daphne(env=base, log_dir=tmp_path, extra_args=extra_args)
+        server = start_daphne(env=base, log_dir=tmp_path, extra_args=extra_args, port=port)
         started.append(server)
         return server
 
