@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import shutil
 import signal
 import socket
@@ -224,24 +223,17 @@ class Nginx:
                 self.process.wait(timeout=5)
 
 
-NGINX_SITE = ROOT / "deploy" / "nginx" / "notify.conf"
-
-
-def start_nginx(binary: str, *, upstream: int, prefix: Path, host: str = "127.0.0.1") -> Nginx:
-    """Start nginx with the shipped site config on ``host``, proxying to the daphne on port ``upstream``."""
-    port = free_port()
-    site = NGINX_SITE.read_text().replace("listen 80;", f"listen {host}:{port};", 1)
-    upstream_block = f"upstream notify_daphne {{ server 127.0.0.1:{upstream}; }}"
-    site = re.sub(r"upstream notify_daphne \{[^}]*\}", upstream_block, site)
+def nginx_conf(prefix: Path, site: Path) -> Path:
+    """A main nginx.conf in ``prefix`` that includes the rendered ``site``, for a non-root nginx."""
     prefix.mkdir(parents=True, exist_ok=True)
     temp = prefix / "temp"
     temp.mkdir(exist_ok=True)
     temp.chmod(0o777)  # nginx's workers may run as another user when the tests run as root
-    (prefix / "notify.conf").write_text(site)
     paths = "\n".join(
         f"    {kind}_temp_path {temp / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
-    (prefix / "nginx.conf").write_text(
+    conf = prefix / "nginx.conf"
+    conf.write_text(
         f"""daemon off;
 worker_processes 1;
 pid {prefix / "nginx.pid"};
@@ -250,10 +242,28 @@ events {{ worker_connections 512; }}
 http {{
     access_log off;
 {paths}
-    include {prefix / "notify.conf"};
+    include {site};
 }}
 """
     )
+    return conf
+
+
+def start_nginx(binary: str, *, upstream: int, prefix: Path, host: str = "127.0.0.1") -> Nginx:
+    """Start nginx on ``host`` with the project's site (deploy/nginx/notify.conf) in front of port ``upstream``."""
+    from deploy.render import render
+
+    port = free_port()
+    prefix.mkdir(parents=True, exist_ok=True)
+    site = prefix / "notify.conf"
+    values = {"LISTEN": f"{host}:{port}", "PORT": str(upstream), "STATIC_ROOT": str(prefix / "static")}
+    site.write_text(render("nginx/notify.conf", values))
+    return run_nginx(binary, prefix=prefix, site=site, host=host, port=port)
+
+
+def run_nginx(binary: str, *, prefix: Path, site: Path, host: str, port: int) -> Nginx:
+    """Run nginx with a rendered ``site`` that listens on ``host``:``port``; wait until it accepts."""
+    nginx_conf(prefix, site)
     process = subprocess.Popen(
         [binary, "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(prefix / "nginx.conf")],
         stdout=subprocess.DEVNULL,
