@@ -25,14 +25,14 @@ TEMPLATES = (
     "notify.env",
 )
 
-# Defaults; a default may name another variable (@PROJECT_DIR@), which is rendered first.
+# The variables and their defaults (docs/DEPLOY.md says what each one is).
 DEFAULTS: dict[str, str] = {
     "PROJECT_DIR": "/srv/notify",
     "USER": "notify",
     "GROUP": "notify",
     "ENV_FILE": "/etc/notify/notify.env",
     "LOG_DIR": "/var/log/notify",
-    "STATIC_ROOT": "@PROJECT_DIR@/staticfiles",
+    "STATIC_ROOT": "/var/www/notify/static",
     "PORT": "8765",
     "PROCESSES": "2",
     "NOFILE": "65536",
@@ -55,8 +55,9 @@ def variables(overrides: dict[str, str]) -> dict[str, str]:
     for name, value in values.items():
         if not value or "\n" in value:
             raise RenderError(f"{name} must be one non-empty line")
-    # A default may name another variable: STATIC_ROOT is under PROJECT_DIR unless set.
-    return {name: render_text(value, values, source=f"the value of {name}") for name, value in values.items()}
+        if PLACEHOLDER.search(value):
+            raise RenderError(f"{name}={value!r} holds a placeholder")
+    return values
 
 
 def render_text(text: str, values: dict[str, str], *, source: str = "template") -> str:
