@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from deploy.render import DEFAULTS, PLACEHOLDER, TEMPLATES, render, render_all
 from notifications.models import Connection, Registration, ServerProcess
 from tests.clients import AdminSession, frame, open_client, receive, register_confirmed
 from tests.deploy_servers import TEST_SECRET_KEY, Deployment, render_deploy, set_env_values, start_deployment
-from tests.servers import ROOT, RedisServer, eventually, nginx_conf, require_program, wait_until
+from tests.servers import ROOT, RedisServer, child_env, eventually, nginx_conf, require_program, wait_until
 
 DEPLOY = ROOT / "deploy"
 DOC = ROOT / "docs" / "DEPLOY.md"
@@ -85,19 +86,29 @@ def test_the_renderer_refuses_an_unknown_variable_in_one_line(tmp_path: Path) ->
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
-def test_the_environment_file_is_a_valid_configuration_once_it_has_a_key(tmp_path: Path) -> None:
+def test_the_environment_file_is_a_valid_configuration_that_needs_only_a_key(tmp_path: Path) -> None:
     values = render_deploy(tmp_path, port=8765, listen_port=80)
     env_file = Path(values["ENV_FILE"])
     env_file.parent.mkdir()
     template = (tmp_path / "deploy" / "notify.env").read_text()
+
+    def deploy_check() -> subprocess.CompletedProcess[str]:
+        # Every value goes through the project's settings and its deployment checks, as a server's would.
+        return subprocess.run(
+            [str(ROOT / "bin" / "with-env"), str(env_file), sys.executable, "manage.py", "check", "--deploy"],
+            cwd=ROOT,
+            env=child_env({"DJANGO_SECRET_KEY": None, "DJANGO_DEBUG": None}),
+            capture_output=True,
+            text=True,
+        )
+
+    env_file.write_text(template)
+    as_shipped = deploy_check()
+    assert as_shipped.returncode == 1 and "notifications.E001" in as_shipped.stderr
     env_file.write_text(set_env_values(template, {"DJANGO_SECRET_KEY": "k" * 50}))
-    show = "import os; print(*(os.environ[k] for k in ('REDIS_URL', 'NOTIFY_ALLOWED_ORIGINS', 'DJANGO_STATIC_ROOT')))"
-    result = subprocess.run(
-        [str(ROOT / "bin" / "with-env"), str(env_file), "python3", "-c", show],
-        capture_output=True,
-        text=True,
-    )
-    assert result.stdout.split() == ["redis://127.0.0.1:6379/0", "*", str(tmp_path / "static")]
+    completed = deploy_check()
+    assert completed.returncode == 0, completed.stderr
+    assert "ERROR" not in completed.stderr
 
 
 def test_the_nginx_site_passes_nginx_t_with_and_without_rate_limiting(tmp_path: Path) -> None:
