@@ -19,6 +19,8 @@ from urllib.parse import quote
 
 import pytest
 
+from deploy.render import render
+
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -255,8 +257,6 @@ http {{
 
 def start_nginx(binary: str, *, upstream: int, prefix: Path, host: str = "127.0.0.1") -> Nginx:
     """Start nginx on ``host`` with the project's site (deploy/nginx/notify.conf) in front of port ``upstream``."""
-    from deploy.render import render
-
     port = free_port()
     prefix.mkdir(parents=True, exist_ok=True)
     site = prefix / "notify.conf"
