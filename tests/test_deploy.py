@@ -1,0 +1,409 @@
+"""The deploy/ files, rendered with this machine's paths and ports only, run for real.
+
+supervisord (from PyPI) runs the rendered fcgi-program, two daphne processes
+serving one socket, on Redis and the test database; the rendered nginx site
+sits in front; clients connect through nginx as clients in the field do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.contrib.auth.models import User
+from django.urls import reverse
+from websockets.asyncio.client import ClientConnection
+from websockets.protocol import State
+
+from deploy.render import DEFAULTS, PLACEHOLDER, TEMPLATES, render, render_all
+from notifications.models import Connection, Registration, ServerProcess
+from tests.clients import AdminSession, frame, open_client, receive, register_confirmed
+from tests.deploy_servers import TEST_SECRET_KEY, Deployment, render_deploy, set_env_values, start_deployment
+from tests.servers import ROOT, RedisServer, child_env, eventually, nginx_conf, require_program, wait_until
+
+DEPLOY = ROOT / "deploy"
+DOC = ROOT / "docs" / "DEPLOY.md"
+NGINX_HINT = "apt-get install nginx (Debian/Ubuntu)"
+# Clients connect from another loopback address than nginx's (127.0.0.1) and
+# forge the forwarding headers: the registry must show the address nginx saw.
+CLIENT_ADDRESS = "127.0.0.3"
+FORGED = {"X-Forwarded-For": "6.6.6.6", "X-Real-IP": "6.6.6.6", "X-Real-Port": "666"}
+TIMEOUT = 15.0
+
+
+# The files themselves.
+
+
+def test_every_template_variable_has_a_default_and_a_line_in_the_deployment_doc() -> None:
+    used = {name for template in TEMPLATES for name in PLACEHOLDER.findall((DEPLOY / template).read_text())}
+    assert used == set(DEFAULTS), f"without a default: {used - set(DEFAULTS)}; unused: {set(DEFAULTS) - used}"
+    documented = set(re.findall(r"^\| `([A-Z_]+)` \|", DOC.read_text(), flags=re.MULTILINE))
+    assert documented == set(DEFAULTS)
+
+
+def test_the_environment_file_names_every_setting_of_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## Configuration (environment variables)", 1)[1].split("\n\n", 2)[1]
+    first_cells = re.findall(r"^\| ([^|]+) \|", table, flags=re.MULTILINE)
+    settings = {name for cell in first_cells for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", cell)}
+    assert len(settings) > 15
+    env = render("notify.env")
+    missing = {name for name in settings if not re.search(rf"\b{name}\b", env)}
+    assert not missing, f"deploy/notify.env does not mention {sorted(missing)}"
+    assert re.search(r"^DJANGO_SECRET_KEY=$", env, flags=re.MULTILINE), "a template must not ship a key"
+
+
+def test_every_daphne_launch_in_deploy_goes_through_bin_daphne_behind_the_proxy() -> None:
+    supervisor = render("supervisor/notify.conf")
+    command = re.search(r"^command=(.*)$", supervisor, flags=re.MULTILINE)
+    assert command is not None
+    assert command.group(1).endswith("/srv/notify/bin/daphne --fd 0 --access-log -")
+    assert re.search(r'^environment=NOTIFY_BEHIND_PROXY="1"$', supervisor, flags=re.MULTILINE)
+    assert re.search(r"^minfds=65536$", supervisor, flags=re.MULTILINE)
+    assert re.search(r"^socket=tcp://127\.0\.0\.1:8765$", supervisor, flags=re.MULTILINE)
+    service = render("systemd/notify@.service")
+    assert re.search(r"^ExecStart=/srv/notify/bin/daphne --fd 3 --access-log -$", service, flags=re.MULTILINE)
+    assert re.search(r"^Environment=NOTIFY_BEHIND_PROXY=1$", service, flags=re.MULTILINE)
+    assert re.search(r"^LimitNOFILE=65536$", service, flags=re.MULTILINE)
+    assert "ListenStream=127.0.0.1:8765" in render("systemd/notify.socket")
+
+
+def test_the_renderer_refuses_an_unknown_variable_in_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        ["python3", str(DEPLOY / "render.py"), str(tmp_path), "PORTT=9000"], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("deploy/render.py: unknown variable PORTT; known: PROJECT_DIR")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_the_environment_file_is_a_valid_configuration_that_needs_only_a_key(tmp_path: Path) -> None:
+    values = render_deploy(tmp_path, port=8765, listen_port=80)
+    env_file = Path(values["ENV_FILE"])
+    env_file.parent.mkdir()
+    template = (tmp_path / "deploy" / "notify.env").read_text()
+
+    def deploy_check() -> subprocess.CompletedProcess[str]:
+        # Every value goes through the project's settings and its deployment checks, as a server's would.
+        return subprocess.run(
+            [str(ROOT / "bin" / "with-env"), str(env_file), sys.executable, "manage.py", "check", "--deploy"],
+            cwd=ROOT,
+            env=child_env({"DJANGO_SECRET_KEY": None, "DJANGO_DEBUG": None}),
+            capture_output=True,
+            text=True,
+        )
+
+    env_file.write_text(template)
+    as_shipped = deploy_check()
+    assert as_shipped.returncode == 1 and "notifications.E001" in as_shipped.stderr
+    env_file.write_text(set_env_values(template, {"DJANGO_SECRET_KEY": "k" * 50}))
+    completed = deploy_check()
+    assert completed.returncode == 0, completed.stderr
+    assert "ERROR" not in completed.stderr
+
+
+def test_the_nginx_site_passes_nginx_t_with_and_without_rate_limiting(tmp_path: Path) -> None:
+    nginx = require_program("nginx", install_hint=NGINX_HINT)
+    render_deploy(tmp_path, port=8765, listen_port=8080)
+    site = tmp_path / "deploy" / "nginx" / "notify.conf"
+    limited = tmp_path / "limited.conf"
+    limited.write_text(re.sub(r"^(\s*)# (limit_\w+ )", r"\1\2", site.read_text(), flags=re.MULTILINE))
+    assert limited.read_text().count("\nlimit_") == 2 and limited.read_text().count("    limit_") == 2
+    for name, path in (("plain", site), ("limited", limited)):
+        prefix = tmp_path / name
+        conf = nginx_conf(prefix, path)
+        result = subprocess.run(
+            [nginx, "-t", "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(conf)],
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "test is successful" in result.stderr
+
+
+def test_the_systemd_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    analyze = require_program("systemd-analyze", install_hint="apt-get install systemd (Debian/Ubuntu)")
+    values = render_deploy(tmp_path, port=8765, listen_port=80)
+    Path(values["ENV_FILE"]).parent.mkdir()
+    Path(values["ENV_FILE"]).write_text("")
+    units = tmp_path / "deploy" / "systemd"
+    # verify reports bad lines as warnings with exit code 0: no output at all is the pass.
+    result = subprocess.run(
+        [analyze, "verify", str(units / "notify.socket"), str(units / "notify@.service")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SYSTEMD_LOG_LEVEL": "notice"},
+    )
+    assert result.returncode == 0 and result.stdout + result.stderr == "", result.stdout + result.stderr
+
+
+def test_the_renderer_writes_every_template_with_the_defaults(tmp_path: Path) -> None:
+    written = render_all(tmp_path)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in written) == sorted(TEMPLATES)
+    for path in written:
+        assert not PLACEHOLDER.search(path.read_text()), path
+    assert "alias /var/www/notify/static/;" in (tmp_path / "nginx" / "notify.conf").read_text()
+
+
+# The deployment running.
+
+
+def deployment_settings(database_url: str, redis_url: str, redis_prefix: str) -> dict[str, str]:
+    return {
+        "DJANGO_SECRET_KEY": TEST_SECRET_KEY,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "REDIS_PREFIX": redis_prefix,
+    }
+
+
+@sync_to_async
+def process_of(recipient: str) -> int | None:
+    """The pid of the daphne process that holds the connection registered as ``recipient``."""
+    row = Registration.objects.filter(recipient=recipient).select_related("connection__process").first()
+    return row.connection.process.pid if row else None
+
+
+@sync_to_async
+def announced_pids() -> set[int]:
+    return set(ServerProcess.objects.values_list("pid", flat=True))
+
+
+@sync_to_async
+def addresses_on(pids: set[int]) -> set[str]:
+    return set(Connection.objects.filter(process__pid__in=pids).values_list("client_address", flat=True))
+
+
+async def deployment_ready(deployment: Deployment, *, gone: int | None = None, processes: int = 2) -> dict[str, int]:
+    """Wait until supervisord runs ``processes`` daphne processes (none of them ``gone``) and each announced itself."""
+
+    async def ready() -> bool:
+        pids = await asyncio.to_thread(deployment.supervisor.running_pids)
+        return len(pids) == processes and gone not in pids.values() and set(pids.values()) <= await announced_pids()
+
+    try:
+        await eventually(ready, seconds=30, interval=0.2)
+    except TimeoutError:
+        raise AssertionError(f"not ready: {deployment.supervisor.processes()}\n{deployment.server_logs()}") from None
+    return await asyncio.to_thread(deployment.supervisor.running_pids)
+
+
+class Client:
+    def __init__(self, ws: ClientConnection, recipient: str) -> None:
+        self.ws = ws
+        self.recipient = recipient
+        self.pid: int | None = None
+
+
+async def connect_client(url: str, recipient: str) -> Client:
+    ws = await open_client(url, additional_headers=FORGED, local_addr=(CLIENT_ADDRESS, 0))
+    await register_confirmed(ws, recipient, seconds=TIMEOUT)
+    client = Client(ws, recipient)
+
+    async def recorded() -> bool:
+        client.pid = await process_of(recipient)
+        return client.pid is not None
+
+    await eventually(recorded, seconds=TIMEOUT)
+    return client
+
+
+async def clients_on_every_process(url: str, pids: set[int], *, prefix: str, at_least: int = 4) -> list[Client]:
+    """Connect clients through nginx (in small bursts) until every daphne process holds at least one."""
+    numbers = itertools.count()
+    clients: list[Client] = []
+    while len(clients) < 40:
+        burst = [connect_client(url, f"{prefix}-{next(numbers)}") for _ in range(4)]
+        clients += await asyncio.gather(*burst)
+        if len(clients) >= at_least and {c.pid for c in clients} >= pids:
+            return clients
+    raise AssertionError(f"40 clients through nginx, all on {sorted({c.pid for c in clients})}, none on the others")
+
+
+async def probe_until_received(sender: ClientConnection, receiver: Client, text: str) -> None:
+    """Send ``text`` to the receiver's id until it arrives (each attempt bounded); fail after TIMEOUT."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TIMEOUT
+    for attempt in itertools.count():
+        token = f"{text}#{attempt}"
+        await sender.send(frame(receiver.recipient, token))
+        try:
+            async with asyncio.timeout(0.5):
+                while not (await receive(receiver.ws)).startswith(f"{text}#"):
+                    pass
+            return
+        except TimeoutError:
+            if loop.time() > deadline:
+                raise AssertionError(f"{text!r} never reached {receiver.recipient}") from None
+
+
+async def every_client_reaches_every_other(clients: list[Client]) -> None:
+    for sender, receiver in itertools.permutations(clients, 2):
+        await sender.ws.send(frame(receiver.recipient, f"from {sender.recipient}"))
+    for receiver in clients:
+        expected = {f"from {c.recipient}" for c in clients if c is not receiver}
+        got = {await receive(receiver.ws, TIMEOUT) for _ in expected}
+        assert got == expected, receiver.recipient
+
+
+async def notify_reaches(deployment: Deployment, client: Client, text: str) -> None:
+    result = await asyncio.to_thread(deployment.manage, "notify", client.recipient, text)
+    assert result.returncode == 0, result.stderr
+    assert await receive(client.ws, TIMEOUT) == text
+
+
+def is_open(client: Client) -> bool:
+    return client.ws.state is State.OPEN
+
+
+def open_file_soft_limit(pid: int) -> int:
+    limits = Path(f"/proc/{pid}/limits").read_text()
+    match = re.search(r"^Max open files\s+(\d+)", limits, flags=re.MULTILINE)
+    assert match is not None
+    return int(match.group(1))
+
+
+@pytest.fixture
+def nginx_binary() -> str:
+    return require_program("nginx", install_hint=NGINX_HINT)
+
+
+@pytest.fixture
+def deployments(tmp_path: Path) -> Iterator[list[Deployment]]:
+    started: list[Deployment] = []
+    yield started
+    for deployment in started:
+        deployment.stop()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("async_db")
+async def test_supervisord_runs_two_daphne_processes_on_one_socket_behind_nginx_and_restarts_a_killed_one(
+    tmp_path: Path,
+    nginx_binary: str,
+    deployments: list[Deployment],
+    database_url: str,
+    redis_url: str,
+    redis_prefix: str,
+) -> None:
+    settings = deployment_settings(database_url, redis_url, redis_prefix)
+    deployment = start_deployment(tmp_path, settings=settings, nginx_binary=nginx_binary)
+    deployments.append(deployment)
+    collected = await asyncio.to_thread(deployment.manage, "collectstatic", "--noinput")
+    assert collected.returncode == 0, collected.stderr
+    pids = await deployment_ready(deployment)
+    nginx = deployment.nginx
+    assert nginx is not None
+    # supervisord's minfds reached the daphne processes.
+    for pid in pids.values():
+        assert open_file_soft_limit(pid) == int(deployment.values["NOFILE"])
+
+    # Clients through nginx land on both processes; each registry row shows the client's own address.
+    clients = await clients_on_every_process(nginx.url, set(pids.values()), prefix="field")
+    assert await addresses_on(set(pids.values())) == {CLIENT_ADDRESS}
+    assert CLIENT_ADDRESS in deployment.access_logs() and "6.6.6.6" not in deployment.access_logs()
+    await every_client_reaches_every_other(clients)
+    await notify_reaches(deployment, clients[0], "image2video")
+    await notify_reaches(deployment, clients[-1], "sent by manage.py notify")
+
+    # The admin through nginx shows the real address; its static files come from nginx, not daphne.
+    await sync_to_async(User.objects.create_superuser)("root", password="root-password")
+    session = AdminSession(nginx.http_url)
+    await asyncio.to_thread(session.log_in, "root", "root-password")
+    status, page = await asyncio.to_thread(session.get, reverse("admin:notifications_connection_changelist"))
+    assert status == 200 and f'<td class="field-client_address">{CLIENT_ADDRESS}</td>' in page
+    assert "6.6.6.6" not in page
+    status, css = await asyncio.to_thread(session.get, "/static/admin/css/base.css")
+    assert status == 200 and css == (Path(deployment.values["STATIC_ROOT"]) / "admin/css/base.css").read_text()
+    assert "/admin/login/" in deployment.access_logs() and "/static/" not in deployment.access_logs()
+
+    # SIGKILL one process: supervisord starts another; the other process's clients notice nothing.
+    killed_name, killed_pid = next((name, pid) for name, pid in pids.items())
+    victims = [c for c in clients if c.pid == killed_pid]
+    survivors = [c for c in clients if c.pid != killed_pid]
+    os.kill(killed_pid, signal.SIGKILL)
+    assert victims and survivors
+    for client in victims:
+        await asyncio.wait_for(client.ws.wait_closed(), TIMEOUT)
+    new_pids = await deployment_ready(deployment, gone=killed_pid)
+    assert new_pids[killed_name] != killed_pid
+    assert {name: pid for name, pid in new_pids.items() if name != killed_name} == {
+        name: pid for name, pid in pids.items() if name != killed_name
+    }
+    assert all(is_open(c) for c in survivors)
+    for client in survivors:
+        await notify_reaches(deployment, client, f"still here, {client.recipient}")
+
+    # The killed process's rows are gone (the new one purged them on start); its clients reconnect and receive.
+    async def killed_rows_gone() -> bool:
+        return killed_pid not in await announced_pids()
+
+    await eventually(killed_rows_gone, seconds=TIMEOUT)
+    reconnected = [await connect_client(nginx.url, victim.recipient) for victim in victims]
+    await every_client_reaches_every_other(reconnected + survivors)
+    for client in reconnected + survivors:
+        await client.ws.close()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[list[RedisServer]]:
+    """A Redis of this test's own, which it stops and starts again (never the machine's)."""
+    servers = [RedisServer.start()]
+    yield servers
+    servers[-1].stop()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("async_db")
+async def test_after_redis_comes_back_registered_clients_receive_again_without_reconnecting(
+    tmp_path: Path,
+    nginx_binary: str,
+    deployments: list[Deployment],
+    database_url: str,
+    own_redis: list[RedisServer],
+    redis_prefix: str,
+) -> None:
+    redis = own_redis[0]
+    settings = deployment_settings(database_url, redis.url, redis_prefix)
+    deployment = start_deployment(tmp_path, settings=settings, nginx_binary=nginx_binary)
+    deployments.append(deployment)
+    pids = await deployment_ready(deployment)
+    nginx = deployment.nginx
+    assert nginx is not None
+    clients = await clients_on_every_process(nginx.url, set(pids.values()), prefix="before", at_least=2)
+    await every_client_reaches_every_other(clients)
+
+    port = int(redis.url.rsplit(":", 1)[1].split("/")[0])
+    redis.stop()
+    # Each process notices; a notification meanwhile is lost, counted and logged with its id.
+    await wait_until(
+        lambda: all("Reading from Redis failed" in log for log in deployment.server_logs().values()), seconds=TIMEOUT
+    )
+    await clients[0].ws.send(frame(clients[1].recipient, "lost while Redis is down"))
+    await wait_until(
+        lambda: any(
+            f"Undeliverable notification for '{clients[1].recipient}'" in log
+            for log in deployment.server_logs().values()
+        ),
+        seconds=TIMEOUT,
+    )
+    own_redis.append(RedisServer.start(port=port))
+
+    for sender, receiver in itertools.permutations(clients, 2):
+        await probe_until_received(sender.ws, receiver, f"after the outage {sender.recipient}")
+    await notify_reaches(deployment, clients[0], "sent by manage.py notify after the outage")
+    assert all(is_open(c) for c in clients)
+    assert await asyncio.to_thread(deployment.supervisor.running_pids) == pids
+    for name, log in deployment.server_logs().items():
+        assert "Traceback" not in log, name
+    for client in clients:
+        await client.ws.close()
