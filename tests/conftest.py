@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -12,7 +14,17 @@ from asgiref.sync import sync_to_async
 from django.db import connection, connections
 
 from notifications.models import Connection, Registration, ServerProcess
-from tests.servers import Daphne, Nginx, RedisServer, require_program, start_daphne, start_nginx, url_of_database
+from tests.servers import (
+    ROOT,
+    Daphne,
+    Nginx,
+    RedisServer,
+    child_env,
+    require_program,
+    start_daphne,
+    start_nginx,
+    url_of_database,
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -162,14 +174,29 @@ def live_connections(db: None) -> Callable[..., list[Connection]]:
     return make
 
 
+@pytest.fixture(scope="session")
+def collected_static(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The static files as ``collectstatic`` gathers them for nginx to serve, as in production."""
+    root = tmp_path_factory.mktemp("static")
+    subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"],
+        cwd=ROOT,
+        env=child_env({"DJANGO_DEBUG": "1", "DJANGO_STATIC_ROOT": str(root)}),
+        check=True,
+        timeout=120,
+    )
+    return root
+
+
 @pytest.fixture
-def nginx_factory(tmp_path: Path) -> Iterator[Callable[[Daphne], Nginx]]:
+def nginx_factory(tmp_path: Path, collected_static: Path) -> Iterator[Callable[[Daphne], Nginx]]:
     """Start a real nginx with deploy/nginx/notify.conf in front of a daphne process."""
     binary = require_program("nginx", install_hint="apt-get install nginx (Debian/Ubuntu)")
     started: list[Nginx] = []
 
     def start(upstream: Daphne) -> Nginx:
-        server = start_nginx(binary, upstream=upstream.port, prefix=tmp_path / f"nginx-{len(started)}")
+        prefix = tmp_path / f"nginx-{len(started)}"
+        server = start_nginx(binary, upstream=upstream.port, prefix=prefix, static_root=collected_static)
         started.append(server)
         return server
 

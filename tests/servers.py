@@ -255,12 +255,15 @@ http {{
     return conf
 
 
-def start_nginx(binary: str, *, upstream: int, prefix: Path, host: str = "127.0.0.1") -> Nginx:
-    """Start nginx on ``host`` with the project's site (deploy/nginx/notify.conf) in front of port ``upstream``."""
+def start_nginx(binary: str, *, upstream: int, prefix: Path, static_root: Path, host: str = "127.0.0.1") -> Nginx:
+    """Start nginx on ``host`` with the project's site (deploy/nginx/notify.conf) in front of port ``upstream``.
+
+    nginx serves ``/static/`` from ``static_root``, where ``collectstatic`` put the files.
+    """
     port = free_port()
     prefix.mkdir(parents=True, exist_ok=True)
     site = prefix / "notify.conf"
-    values = {"LISTEN": f"{host}:{port}", "PORT": str(upstream), "STATIC_ROOT": str(prefix / "static")}
+    values = {"LISTEN": f"{host}:{port}", "PORT": str(upstream), "STATIC_ROOT": str(static_root)}
     site.write_text(render("nginx/notify.conf", values))
     return run_nginx(binary, prefix=prefix, site=site, host=host, port=port)
 
