@@ -176,12 +176,16 @@ class NotificationConsumer(AsyncWebsocketConsumer):
             self._reject(f"already {limit} ids registered; refused {describe(recipient)}")
             return
         group = group_name(recipient)
+        # Noted before joining: a layer may record the membership and then fail
+        # (channels-redis subscribes after it notes the member), and disconnect()
+        # must leave every group this connection may be in.
+        self.recipients[recipient] = group
         try:
             if not self.in_broadcast:
                 # The first registration also joins the broadcast group: a
                 # broadcast reaches every registered connection once, whatever its ids.
-                await self.channel_layer.group_add(broadcast_group(), self.channel_name)
                 self.in_broadcast = True
+                await self.channel_layer.group_add(broadcast_group(), self.channel_name)
             await self.channel_layer.group_add(group, self.channel_name)
         except Exception as exc:
             # The channel layer is unreachable (Redis down). The protocol has no
@@ -200,7 +204,6 @@ class NotificationConsumer(AsyncWebsocketConsumer):
             )
             await self.close(code=CLOSE_TRY_AGAIN_LATER, reason="channel layer unavailable")
             return
-        self.recipients[recipient] = group
         registry.registered(self.temp_id, recipient)
         logger.info("Client %s registered as %s", self.temp_id, describe(recipient))
 

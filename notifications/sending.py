@@ -40,6 +40,7 @@ from notifications import metrics, presence
 from notifications.conf import conf
 from notifications.presence import aconnection_count, ais_online, connection_count, is_online
 from notifications.protocol import (
+    GREETING,
     REGISTER_MESSAGE,
     InvalidNotification,
     broadcast_group,
@@ -144,10 +145,12 @@ async def asend_many(notifications: Iterable[tuple[str, object]], *, server_url:
     """:func:`asend` for several notifications, in order, with one registry query.
 
     Every notification is checked before any is sent: an unusable one raises
-    :class:`InvalidNotification` and nothing is sent.
+    :class:`InvalidNotification` (naming its position when there are several)
+    and nothing is sent.
     """
-    items = [(validate_recipient(recipient), message_text(message)) for recipient, message in notifications]
-    counts = await _live_counts([recipient for recipient, _ in items])
+    pending = list(notifications)
+    items = [_checked(recipient, message, index, len(pending)) for index, (recipient, message) in enumerate(pending)]
+    counts = await _read_registry(presence.connection_counts, [recipient for recipient, _ in items])
     results = [SendResult(recipient, counts.get(recipient) if counts is not None else None) for recipient, _ in items]
     url = _server_to_use(server_url)
     if url is not None:
@@ -161,23 +164,33 @@ async def asend_many(notifications: Iterable[tuple[str, object]], *, server_url:
     return results
 
 
+def _checked(recipient: object, message: object, index: int, total: int) -> tuple[str, str]:
+    try:
+        return validate_recipient(recipient), message_text(message)
+    except InvalidNotification as exc:
+        if total == 1:
+            raise
+        raise InvalidNotification(f"item {index}: {exc}") from None
+
+
 async def abroadcast(message: object, *, server_url: str | None = None) -> SendResult:
     """Deliver ``message`` to every connection that registered at least one id.
 
     ``live_connections`` is how many such connections the registry held.
     Through the channel layer each connection receives it once. Through the
     server's WebSocket (in-memory layer, outside the server) protocol v1 has
-    no broadcast, so it is sent to each registered id in turn, and a
+    no broadcast, so it is sent to each id the registry lists in turn, and a
     connection registered under several ids receives it once per id.
     """
     text = message_text(message)
+    live = await _read_registry(presence.registered_connection_count)
     url = _server_to_use(server_url)
     if url is not None:
-        recipients = await database_sync_to_async(presence.registered_ids)()
-        results = await asend_many([(recipient, text) for recipient in recipients], server_url=url)
-        total = sum(result.live_connections or 0 for result in results)
-        return SendResult(None, total)
-    live = await _read_registry(presence.registered_connection_count)
+        recipients = await _read_registry(presence.registered_ids)
+        if recipients is None:
+            raise DeliveryFailed("cannot broadcast through the server's WebSocket: the registry of ids is unreadable")
+        await _send_through_server(url, [(recipient, text) for recipient in recipients])
+        return SendResult(None, live)
     await _group_send(broadcast_group(), text, target="every connection", recipient=None)
     return SendResult(None, live)
 
@@ -253,10 +266,6 @@ def send_to_connections(channel_names: Iterable[str], message: object) -> int:
 # The registry's counts: a failure to read them never stops a notification.
 
 
-async def _live_counts(recipients: list[str]) -> dict[str, int] | None:
-    return await _read_registry(presence.connection_counts, recipients)
-
-
 async def _read_registry(query: Any, *args: Any) -> Any:
     if not conf.REGISTRY_ENABLED:
         return None
@@ -271,9 +280,14 @@ async def _read_registry(query: Any, *args: Any) -> Any:
 
 
 async def _send_through_server(url: str, items: list[tuple[str, str]]) -> None:
-    """Hand notifications to the server at ``url`` as relay frames over one WebSocket connection."""
+    """Hand notifications to the server at ``url`` as relay frames over one WebSocket connection.
+
+    Handed over means: the server greeted as a Notification Center does, took
+    every frame, and answered the close normally (1000). A frame over its size
+    limit, say, makes it drop the connection instead, which raises here.
+    """
     from websockets.asyncio.client import connect
-    from websockets.exceptions import InvalidURI, WebSocketException
+    from websockets.exceptions import ConnectionClosed, InvalidURI, WebSocketException
 
     if any(text == REGISTER_MESSAGE for _, text in items):
         raise InvalidNotification(
@@ -281,18 +295,31 @@ async def _send_through_server(url: str, items: list[tuple[str, str]]) -> None:
             "a registration); set REDIS_URL to send it through the channel layer"
         )
     try:
-        async with asyncio.timeout(SERVER_TIMEOUT + len(items) / 1000):
-            async with connect(url, open_timeout=None, close_timeout=SERVER_TIMEOUT) as ws:
-                await ws.recv()  # the greeting: the server's consumer is ready
+        async with connect(url, open_timeout=SERVER_TIMEOUT, close_timeout=SERVER_TIMEOUT) as ws:
+            async with asyncio.timeout(SERVER_TIMEOUT + len(items) / 1000):
+                greeting = await ws.recv()
+                if greeting != GREETING:
+                    raise DeliveryFailed(f"the server at {url} is not a Notification Center (it did not greet as one)")
                 for recipient, text in items:
                     await ws.send(json.dumps({"recipient_uuid": recipient, "message": text}, ensure_ascii=False))
-                # daphne queues a connection's frames for its consumer in order,
-                # then the close: the consumer relays every frame before it
-                # handles the disconnect.
-    except InvalidURI as exc:
+    except (InvalidURI, ValueError) as exc:  # ValueError: a port out of range, a broken IPv6 address
         raise DeliveryFailed(f"{url!r} is not a WebSocket address (ws://host:port/)") from exc
+    except ConnectionClosed as exc:
+        raise _dropped(url, exc.rcvd.code if exc.rcvd else None, exc.rcvd.reason if exc.rcvd else "") from exc
     except (OSError, TimeoutError, WebSocketException) as exc:
         raise DeliveryFailed(
-            f"cannot reach the server at {url} ({exc or type(exc).__name__}): is it running? "
+            f"cannot reach the server at {url} ({str(exc) or type(exc).__name__}): is it running? "
             "NOTIFY_SERVER_URL says where it listens; with REDIS_URL set, notifications go through Redis instead"
         ) from exc
+    # daphne queues a connection's frames for its consumer in order, then the
+    # close: the consumer relays every frame it took before it handles the disconnect.
+    if ws.close_code != 1000 or ws.protocol.close_rcvd is None:
+        raise _dropped(url, ws.close_code, ws.close_reason or "")
+
+
+def _dropped(url: str, code: int | None, reason: str) -> DeliveryFailed:
+    why = f"close code {code}" + (f", {reason}" if reason else "") if code else "no close code"
+    return DeliveryFailed(
+        f"the server at {url} dropped the connection ({why}) before confirming it took every notification: "
+        "a message over its size limit (1 MiB by default)?"
+    )

@@ -212,6 +212,10 @@ NOTIFICATIONS_ALLOWED_ORIGINS = env_list("NOTIFY_ALLOWED_ORIGINS", ["*"])
 # Where `manage.py notify` finds the server when the channel layer is the
 # process-local in-memory one (bin/serve's address by default).
 NOTIFICATIONS_SERVER_URL = os.environ.get("NOTIFY_SERVER_URL", "").strip() or "ws://127.0.0.1:8765/"
+if not NOTIFICATIONS_SERVER_URL.startswith(("ws://", "wss://")):
+    raise config_error(
+        f"NOTIFY_SERVER_URL={NOTIFICATIONS_SERVER_URL!r} is not a WebSocket address; use ws://host:8765/."
+    )
 
 # API keys of the HTTP push endpoint POST /api/notify/ (comma-separated, sent as
 # "Authorization: Bearer <key>"). None configured: the endpoint answers 404.

@@ -11,6 +11,7 @@ import pytest
 from django.test import Client
 
 from notifications import sending
+from notifications.layers import InMemoryLayer
 from notifications.models import Connection
 from tests.clients import open_client, post_json, receive, receives_nothing, register_confirmed, registry_counts
 from tests.servers import Daphne, free_port
@@ -140,6 +141,33 @@ def test_redis_down_gets_503_with_one_line(api: Client, settings: Any) -> None:
     assert answer["results"] == []  # nothing was handed over
     assert answer["error"].startswith("the channel layer refused the notification: ")
     assert "\n" not in answer["error"]
+
+
+class RedisGoesDownAfterTwo(InMemoryLayer):
+    """Takes two notifications, then refuses every one, as a layer whose Redis went down mid-batch."""
+
+    taken = 0
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        if self.taken == 2:
+            raise ConnectionError("Redis went away")
+        self.taken += 1
+        await super().group_send(group, message)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failure_mid_batch_answers_what_was_handed_over_before(api: Client, settings: Any) -> None:
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": f"{__name__}.RedisGoesDownAfterTwo"}}
+    batch = [{"recipient_uuid": r, "message": "x"} for r in ("first", "second", "third", "fourth")]
+    status, answer = post(api, batch)
+    assert status == 503
+    assert answer == {
+        "error": "the channel layer refused the notification: Redis went away",
+        "results": [
+            {"recipient_uuid": "first", "live_connections": 0},
+            {"recipient_uuid": "second", "live_connections": 0},
+        ],
+    }
 
 
 def test_a_body_over_one_mebibyte_gets_413(api: Client) -> None:

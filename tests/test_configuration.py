@@ -97,6 +97,7 @@ def test_the_default_configuration_passes_the_checks() -> None:
         ("DJANGO_DEBUG", "maybe", "Configuration error: DJANGO_DEBUG='maybe' is not a boolean"),
         ("DATABASE_URL", "nosuchdb://x", "Configuration error: DATABASE_URL"),
         ("REDIS_URL", "http://not-redis", "Configuration error: REDIS_URL"),
+        ("NOTIFY_SERVER_URL", "http://localhost:8765/", "Configuration error: NOTIFY_SERVER_URL"),
     ],
 )
 def test_a_bad_environment_value_is_one_clear_line(variable: str, value: str, expected: str) -> None:

@@ -136,18 +136,21 @@ async def test_notify_all_reaches_every_registered_connection_once_through_redis
 async def test_notify_all_goes_through_the_server_on_the_embedded_default(
     daphne: Daphne, manage: Callable[..., subprocess.CompletedProcess[str]]
 ) -> None:
-    alice, bob = await open_client(daphne.url), await open_client(daphne.url)
+    alice, bob, unregistered = [await open_client(daphne.url) for _ in range(3)]
     await register_confirmed(alice, "alice")
+    await register_confirmed(alice, "alice-2")
     await register_confirmed(bob, "bob")
     await registry_counts("bob", 1)
-    await registry_counts("alice", 1)
+    await registry_counts("alice-2", 1)
 
     result = manage("notify", "--all", "maintenance at noon", "--url", daphne.url, env={"REDIS_URL": None})
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "Sent to every registered connection: 2 live connections.\n"
-    assert await receive(alice) == "maintenance at noon"
+    assert result.stdout == "Sent to every registered connection: 2 live connections.\n"  # connections, not ids
+    # Protocol v1 has no broadcast: one frame per registered id, so alice's connection gets one per id.
+    assert [await receive(alice), await receive(alice)] == ["maintenance at noon"] * 2
     assert await receive(bob) == "maintenance at noon"
+    assert await receives_nothing(unregistered)
 
 
 @pytest.mark.parametrize(
@@ -185,13 +188,53 @@ def test_notify_says_when_the_server_is_unreachable(manage: Callable[..., subpro
     assert one_error_line(result).startswith(f"CommandError: Cannot send: cannot reach the server at {url} (")
 
 
-def test_notify_says_when_the_url_is_not_a_websocket_address(
+def test_notify_refuses_a_url_that_is_not_a_websocket_address(
     manage: Callable[..., subprocess.CompletedProcess[str]],
 ) -> None:
     result = manage("notify", "someone", "hi", "--url", "http://localhost:8765/", env={"REDIS_URL": None})
+    assert result.returncode == 2
+    assert one_error_line(result) == (
+        "CommandError: Cannot send: --url 'http://localhost:8765/' is not a WebSocket address (ws://host:port/)."
+    )
+
+
+def test_notify_says_when_the_url_cannot_be_used(manage: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    result = manage("notify", "someone", "hi", "--url", "ws://127.0.0.1:99999/", env={"REDIS_URL": None})
     assert result.returncode == 1
     assert one_error_line(result) == (
-        "CommandError: Cannot send: 'http://localhost:8765/' is not a WebSocket address (ws://host:port/)."
+        "CommandError: Cannot send: 'ws://127.0.0.1:99999/' is not a WebSocket address (ws://host:port/)."
+    )
+
+
+async def test_notify_fails_when_the_server_drops_a_message_over_its_size_limit(
+    daphne: Daphne, manage: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    ws = await open_client(daphne.url)
+    await register_confirmed(ws, "big")
+    result = manage("notify", "big", "-", "--url", daphne.url, env={"REDIS_URL": None}, stdin="x" * (2 * 1024 * 1024))
+    assert result.returncode == 1
+    assert one_error_line(result).startswith(
+        f"CommandError: Cannot send: the server at {daphne.url} dropped the connection"
+    )
+    assert await receives_nothing(ws)
+
+
+def test_notify_json_refuses_what_browsers_cannot_parse(
+    manage: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
+    result = manage("notify", "someone", '{"ratio": NaN}', "--json", env={"REDIS_URL": None})
+    assert result.returncode == 2
+    assert one_error_line(result).startswith("CommandError: Cannot send: --json: the message is not valid JSON (NaN")
+
+
+def test_notify_all_says_when_the_registry_is_unreadable(
+    daphne: Daphne, manage: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    env = {"REDIS_URL": None, "DATABASE_URL": f"postgres://nobody@127.0.0.1:{free_port()}/none"}
+    result = manage("notify", "--all", "hello", "--url", daphne.url, env=env)
+    assert result.returncode == 1
+    assert one_error_line(result) == (
+        "CommandError: Cannot send: cannot broadcast through the server's WebSocket: the registry of ids is unreadable."
     )
 
 
@@ -199,10 +242,9 @@ def test_notify_says_when_redis_is_unreachable(manage: Callable[..., subprocess.
     url = f"redis://127.0.0.1:{free_port()}/0"
     result = manage("notify", "someone", "hi", env={"REDIS_URL": url})
     assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    *logged, last = result.stderr.strip().splitlines()
-    assert last.startswith("CommandError: Cannot send: the channel layer refused the notification")
-    assert logged and "WARNING" in logged[-1] and "'someone'" in logged[-1]
+    line = one_error_line(result)
+    assert line.startswith("CommandError: Cannot send: the channel layer refused the notification")
+    assert line.endswith(").")
 
 
 async def test_notify_quiet_prints_nothing_but_errors(

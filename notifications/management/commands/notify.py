@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from typing import Any
 
@@ -12,6 +13,11 @@ from notifications.conf import conf
 from notifications.sending import DeliveryFailed, InvalidNotification, SendResult, broadcast, send
 
 USAGE_ERROR = 2  # as argparse exits for a usage mistake
+
+
+def _refuse_constant(name: str) -> float:
+    # Python reads NaN and Infinity; JSON (and every browser's JSON.parse) does not.
+    raise ValueError(f"{name} is not JSON")
 
 
 class Command(BaseCommand):
@@ -54,12 +60,19 @@ class Command(BaseCommand):
                 returncode=USAGE_ERROR,
             )
         message = self._message(arguments[-1], as_json=as_json)
+        if url is not None and not url.startswith(("ws://", "wss://")):
+            raise CommandError(
+                f"Cannot send: --url {url!r} is not a WebSocket address (ws://host:port/).", returncode=USAGE_ERROR
+            )
+        # The failure comes back as this command's one line on stderr; the
+        # sending API's own warning would say it a second time.
+        logging.getLogger("notifications.sending").setLevel(logging.ERROR)
         try:
             result = broadcast(message, server_url=url) if all else send(arguments[0], message, server_url=url)
         except InvalidNotification as exc:
-            raise CommandError(f"Cannot send: {exc}.", returncode=USAGE_ERROR) from exc
+            raise CommandError(f"Cannot send: {str(exc).rstrip('.')}.", returncode=USAGE_ERROR) from exc
         except DeliveryFailed as exc:
-            raise CommandError(f"Cannot send: {exc}.") from exc
+            raise CommandError(f"Cannot send: {str(exc).rstrip('.')}.") from exc
         if not quiet:
             self.stdout.write(self._report(result))
 
@@ -70,7 +83,7 @@ class Command(BaseCommand):
             text = text.removesuffix("\n").removesuffix("\r")
         if as_json:
             try:
-                json.loads(text)
+                json.loads(text, parse_constant=_refuse_constant)
             except ValueError as exc:
                 raise CommandError(
                     f"Cannot send: --json: the message is not valid JSON ({exc}).", returncode=USAGE_ERROR
