@@ -184,6 +184,16 @@ BEHIND_PROXY = env_bool("NOTIFY_BEHIND_PROXY", False)
 if BEHIND_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
+# Once the site is served over TLS (nginx with certbot, docs/DEPLOY.md): the
+# session and CSRF cookies travel over https only, and browsers are told to
+# stay on https (HSTS). Behind the proxy, which says what the client used,
+# plain-http requests are also redirected to https.
+HTTPS = env_bool("DJANGO_HTTPS", False)
+if HTTPS:
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 3600)
+    SECURE_SSL_REDIRECT = BEHIND_PROXY
+
 # Channel layers: the in-memory layer for one process (nothing to install),
 # Redis pub/sub through channels-redis when REDIS_URL is set (several daphne
 # processes on one or many hosts). See notifications/layers.py for why pub/sub.

@@ -168,3 +168,19 @@ def test_a_short_api_key_stops_the_server_without_showing_the_key(tmp_path: Path
 def test_long_api_keys_pass_the_checks(settings: pytest.FixtureRequest) -> None:
     settings.NOTIFICATIONS_API_KEYS = ["k" * 32, "another-key-for-the-queue-manager-0123456789"]
     assert "notifications.E006" not in error_ids(run_checks())
+
+
+HTTPS_WARNINGS = {"security.W004", "security.W008", "security.W012", "security.W016"}
+
+
+@pytest.mark.parametrize(("https", "warned"), [("1", set()), ("0", HTTPS_WARNINGS)])
+def test_https_mode_answers_the_deployment_checks_about_tls(https: str, warned: set[str]) -> None:
+    env = {
+        "DJANGO_DEBUG": "0",
+        "DJANGO_SECRET_KEY": "a-long-random-production-key-" + "x" * 40,
+        "DJANGO_HTTPS": https,
+        "NOTIFY_BEHIND_PROXY": "1",
+    }
+    result = run("manage.py", "check", "--deploy", env=env)
+    assert result.returncode == 0, result.stderr
+    assert {w for w in HTTPS_WARNINGS if f"({w})" in result.stderr} == warned
