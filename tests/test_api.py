@@ -183,6 +183,7 @@ def test_a_batch_of_exactly_one_thousand_is_accepted(api: Client) -> None:
     assert len(answer["results"]) == 1000
 
 
+@pytest.mark.usefixtures("async_db")
 async def test_a_service_reaches_the_clients_of_a_real_server(
     daphne_factory: Callable[..., Daphne],
 ) -> None:

@@ -11,7 +11,7 @@ import pytest
 from tests.clients import open_client, receive, receives_nothing, register_confirmed, registry_counts
 from tests.servers import ROOT, Daphne, child_env, free_port
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("async_db")]
 
 
 @pytest.fixture

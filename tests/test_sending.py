@@ -107,7 +107,7 @@ async def log_in_as_editor(session: AdminSession) -> None:
     )
 
 
-@pytest.mark.usefixtures("registry_readable")
+@pytest.mark.usefixtures("registry_readable", "async_db")
 async def test_a_view_in_the_server_sends_from_a_request_handler(daphne: Daphne) -> None:
     """The example view /send/: login required, CSRF-protected form, the sync API inside daphne."""
     ws = await open_client(daphne.url)
@@ -127,6 +127,7 @@ async def test_a_view_in_the_server_sends_from_a_request_handler(daphne: Daphne)
     assert await receive(ws) == "your export is ready"
 
 
+@pytest.mark.usefixtures("async_db")
 async def test_the_send_view_refuses_a_post_without_csrf_token(daphne: Daphne) -> None:
     session = AdminSession(daphne.http_url)
     await log_in_as_editor(session)
@@ -137,7 +138,7 @@ async def test_the_send_view_refuses_a_post_without_csrf_token(daphne: Daphne) -
     assert refused.value.code == 403
 
 
-@pytest.mark.usefixtures("registry_readable")
+@pytest.mark.usefixtures("registry_readable", "async_db")
 async def test_code_in_another_process_reaches_clients_through_redis(
     daphne_factory: Callable[..., Daphne], redis_layer: dict[str, str | None]
 ) -> None:
@@ -159,7 +160,7 @@ async def test_code_in_another_process_reaches_clients_through_redis(
     assert await asend("nobody", "x") == SendResult("nobody", 0)
 
 
-@pytest.mark.usefixtures("registry_readable", "in_memory_layer")
+@pytest.mark.usefixtures("registry_readable", "in_memory_layer", "async_db")
 async def test_code_outside_the_server_on_the_embedded_default_goes_through_the_server(
     daphne: Daphne, settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
