@@ -191,7 +191,7 @@ async def abroadcast(message: object, *, server_url: str | None = None) -> SendR
             raise DeliveryFailed("cannot broadcast through the server's WebSocket: the registry of ids is unreadable")
         await _send_through_server(url, [(recipient, text) for recipient in recipients])
         return SendResult(None, live)
-    await _group_send(broadcast_group(), text, target="every connection", recipient=None)
+    await _group_send(broadcast_group(), {"type": EVENT_TYPE, "text": text}, None)
     return SendResult(None, live)
 
 
@@ -214,18 +214,17 @@ async def deliver(recipient: str, text: str) -> None:
     """Hand a notification already validated by :mod:`notifications.protocol` to the layer."""
     # The recipient travels along so that a layer that cannot queue the
     # notification for a connection can say for whom it was.
-    await _group_send(group_name(recipient), text, target=describe(recipient), recipient=recipient)
+    await _group_send(group_name(recipient), {"type": EVENT_TYPE, "text": text, "recipient": recipient}, recipient)
 
 
-async def _group_send(group: str, text: str, *, target: str, recipient: str | None) -> None:
+async def _group_send(group: str, event: dict[str, Any], recipient: str | None) -> None:
+    """``group_send``, counted; a refusal is counted, logged with ``recipient`` (None: everyone) and raised."""
     layer = _layer()
-    event: dict[str, Any] = {"type": EVENT_TYPE, "text": text}
-    if recipient is not None:
-        event["recipient"] = recipient
     try:
         await layer.group_send(group, event)
     except Exception as exc:
-        _refused(target, exc)
+        # describe() only here: it costs, and this is the path of every relayed message.
+        _refused(describe(recipient) if recipient is not None else "every connection", exc)
         raise DeliveryFailed(f"the channel layer refused the notification: {exc}") from exc
     metrics.counters[metrics.RELAYED] += 1
 
