@@ -150,6 +150,8 @@ async def asend_many(notifications: Iterable[tuple[str, object]], *, server_url:
     """
     pending = list(notifications)
     items = [_checked(recipient, message, index, len(pending)) for index, (recipient, message) in enumerate(pending)]
+    if not items:
+        return []
     counts = await _read_registry(presence.connection_counts, [recipient for recipient, _ in items])
     results = [SendResult(recipient, counts.get(recipient) if counts is not None else None) for recipient, _ in items]
     url = _server_to_use(server_url)
@@ -279,6 +281,16 @@ async def _read_registry(query: Any, *args: Any) -> Any:
 
 
 async def _send_through_server(url: str, items: list[tuple[str, str]]) -> None:
+    """Hand notifications to the server at ``url``; a failure is counted and logged, then raised."""
+    try:
+        await _hand_to_server(url, items)
+    except DeliveryFailed as exc:
+        metrics.counters[metrics.UNDELIVERABLE] += len(items)
+        logger.warning("Undeliverable: %d notification(s) not handed to the server: %s", len(items), exc)
+        raise
+
+
+async def _hand_to_server(url: str, items: list[tuple[str, str]]) -> None:
     """Hand notifications to the server at ``url`` as relay frames over one WebSocket connection.
 
     Handed over means: the server greeted as a Notification Center does, took

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.error import HTTPError
@@ -177,11 +178,15 @@ async def test_code_outside_the_server_on_the_embedded_default_goes_through_the_
 
 
 @pytest.mark.usefixtures("in_memory_layer")
-async def test_code_outside_the_server_says_when_no_server_runs(settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_code_outside_the_server_says_when_no_server_runs(
+    settings: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setattr(sending, "_serving", False)
     settings.NOTIFICATIONS_SERVER_URL = url = f"ws://127.0.0.1:{free_port()}/"
-    with pytest.raises(DeliveryFailed, match=f"cannot reach the server at {url}"):
+    with caplog.at_level(logging.WARNING, logger="notifications"), pytest.raises(DeliveryFailed, match=url):
         await asend("someone", "lost?")
+    (record,) = [r for r in caplog.records if r.name == "notifications.sending"]
+    assert record.getMessage().startswith("Undeliverable: 1 notification(s) not handed to the server: cannot reach")
 
 
 def test_the_readme_shows_the_example_view_as_it_is() -> None:
