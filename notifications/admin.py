@@ -7,13 +7,14 @@ the selected connections through :mod:`notifications.sending`.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.db.models import Count, QuerySet
+from django.db.models.functions import Now
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -185,7 +186,9 @@ class ServerProcessAdmin(ReadOnlyAdmin):
     ordering = ["host", "pid", "started_at"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ServerProcess]:
-        return super().get_queryset(request).annotate(connection_count=Count("connections"))
+        # The database's now, by which clock the processes write their heartbeats:
+        # this host's clock may differ from theirs.
+        return super().get_queryset(request).annotate(connection_count=Count("connections"), database_now=Now())
 
     @admin.display(description="connections", ordering="connection_count")
     def connections(self, obj: ServerProcess) -> str:
@@ -194,7 +197,8 @@ class ServerProcessAdmin(ReadOnlyAdmin):
 
     @admin.display(description="status")
     def status(self, obj: ServerProcess) -> str:
-        age = datetime.now(tz=UTC) - obj.heartbeat_at
+        age = obj.database_now - obj.heartbeat_at
         if age > timedelta(seconds=conf.STALE_AFTER):
-            return f"no heartbeat for {timesince(obj.heartbeat_at)}: purged at the next heartbeat of any process"
+            since = timesince(obj.heartbeat_at, obj.database_now)
+            return f"no heartbeat for {since}: purged at the next heartbeat of any process"
         return "alive"

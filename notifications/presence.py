@@ -9,17 +9,20 @@ of registering. :mod:`notifications.sending` re-exports these functions.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from channels.db import database_sync_to_async
 from django.db.models import Count, QuerySet
+from django.db.models.expressions import CombinedExpression
+from django.db.models.functions import Now
 
 from notifications.conf import conf
 from notifications.models import Connection, Registration
 
 
-def _cutoff() -> datetime:
-    return datetime.now(tz=UTC) - timedelta(seconds=conf.STALE_AFTER)
+def _cutoff() -> CombinedExpression:
+    # By the database's clock, which writes the heartbeats: the hosts' clocks may differ.
+    return Now() - timedelta(seconds=conf.STALE_AFTER)
 
 
 def _registrations(recipient: str) -> QuerySet[Registration]:

@@ -31,6 +31,7 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from django.db import transaction
+from django.db.models.functions import Now
 
 from notifications import metrics
 from notifications.conf import conf
@@ -190,15 +191,16 @@ def _purge_processes(process_ids: list[str]) -> PurgeResult:
     return PurgeResult(processes=len(process_ids), connections=connections)
 
 
-def purge_stale(*, stale_after: float | None = None, now: datetime | None = None) -> PurgeResult:
+def purge_stale(*, stale_after: float | None = None) -> PurgeResult:
     """Delete the rows of every process whose last heartbeat is older than ``stale_after`` seconds.
 
     Defaults to ``NOTIFICATIONS_STALE_AFTER``. Safe to run from any process at
     any time: a live process that is purged by mistake writes its rows again
-    at its next heartbeat.
+    at its next heartbeat. Ages are measured by the database's clock, which
+    wrote the heartbeats, not by this host's.
     """
     stale_after = conf.STALE_AFTER if stale_after is None else stale_after
-    cutoff = (now or datetime.now(tz=UTC)) - timedelta(seconds=stale_after)
+    cutoff = Now() - timedelta(seconds=stale_after)
     with transaction.atomic():
         # Locked rows are being purged by another process (PostgreSQL; SQLite
         # serialises writers anyway): skip them rather than wait or deadlock.
@@ -453,20 +455,33 @@ class Registry:
 
     # Database work: runs in a worker thread through database_sync_to_async.
 
-    def _process_row(self, now: datetime) -> ServerProcess:
-        return ServerProcess(
-            id=self.process_id, host=self.host, pid=self.pid, started_at=_at(self.started_at), heartbeat_at=now
+    def _insert_process_row(self) -> None:
+        # Heartbeats are written by the database's clock (Now()), never by this
+        # host's: hosts whose clocks differ share one database, and a clock
+        # behind would get a live process purged, a clock ahead keep a dead one.
+        ServerProcess.objects.bulk_create(
+            [
+                ServerProcess(
+                    id=self.process_id,
+                    host=self.host,
+                    pid=self.pid,
+                    started_at=_at(self.started_at),
+                    heartbeat_at=Now(),
+                )
+            ],
+            ignore_conflicts=True,
         )
 
     def _announce(self) -> None:
-        now = datetime.now(tz=UTC)
         with transaction.atomic():
-            ServerProcess.objects.bulk_create([self._process_row(now)], ignore_conflicts=True)
+            self._insert_process_row()
             # Earlier processes on this host that are gone (a restart, a crash):
-            # no need to wait for their heartbeat to go stale.
+            # no need to wait for their heartbeat to go stale. Rows another
+            # starting process is purging are skipped, as in purge_stale().
             dead = [
                 pk
-                for pk, pid in ServerProcess.objects.filter(host=self.host)
+                for pk, pid in ServerProcess.objects.select_for_update(skip_locked=True)
+                .filter(host=self.host)
                 .exclude(pk=self.process_id)
                 .values_list("pk", "pid")
                 if pid == self.pid or not _pid_alive(pid)
@@ -478,7 +493,7 @@ class Registry:
                 result.connections,
                 result.processes,
             )
-        stale = purge_stale(now=now)
+        stale = purge_stale()
         if stale.processes:
             logger.info(
                 "Registry: purged %d connections of %d server processes without a heartbeat",
@@ -488,14 +503,13 @@ class Registry:
         logger.info("Registry: server process %s (%s pid %d) announced", self.process_id, self.host, self.pid)
 
     def _write(self, batch: Batch) -> None:
-        now = datetime.now(tz=UTC)
         with transaction.atomic():
             counters = {
                 "relayed": batch.counters.get(metrics.RELAYED, 0),
                 "undeliverable": batch.counters.get(metrics.UNDELIVERABLE, 0),
                 "rejected_frames": batch.counters.get(metrics.REJECTED_FRAMES, 0),
             }
-            if not ServerProcess.objects.filter(pk=self.process_id).update(heartbeat_at=now, **counters):
+            if not ServerProcess.objects.filter(pk=self.process_id).update(heartbeat_at=Now(), **counters):
                 raise ProcessGone
             if batch.new:
                 Connection.objects.bulk_create(
@@ -525,10 +539,9 @@ class Registry:
                 _delete_connections(batch.gone)
 
     def _rewrite(self, rows: list[Row], registrations: list[tuple[str, str]]) -> None:
-        now = datetime.now(tz=UTC)
         with transaction.atomic():
-            ServerProcess.objects.bulk_create([self._process_row(now)], ignore_conflicts=True)
-            ServerProcess.objects.filter(pk=self.process_id).update(heartbeat_at=now)
+            self._insert_process_row()
+            ServerProcess.objects.filter(pk=self.process_id).update(heartbeat_at=Now())
             _delete_connections(
                 list(Connection.objects.filter(process_id=self.process_id).values_list("pk", flat=True))
             )

@@ -51,6 +51,21 @@ def child_env(overrides: Mapping[str, str | None]) -> dict[str, str]:
     return env
 
 
+def skewed_clock(seconds: int) -> dict[str, str]:
+    """The environment that shifts a child's wall clock by ``seconds`` (libfaketime), as on a host whose clock is off.
+
+    The monotonic clock stays true, so the child's timers (asyncio, the
+    heartbeat) keep their pace. The library is preloaded directly: the
+    ``faketime`` program forks, so a signal would reach it and not the child.
+    """
+    wrapper = require_program("faketime", install_hint="apt-get install faketime (Debian/Ubuntu)")
+    # The wrapper knows where its package put the library.
+    preload = subprocess.run(
+        [wrapper, "-f", "+0", "printenv", "LD_PRELOAD"], capture_output=True, text=True, check=True, timeout=10
+    ).stdout.strip()
+    return {"LD_PRELOAD": preload, "FAKETIME": f"{seconds:+d}s", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -16,7 +16,7 @@ from django.urls import reverse
 
 from notifications.models import Connection, ServerProcess
 from tests.clients import AdminSession, open_client, receive, register
-from tests.servers import Daphne, eventually
+from tests.servers import Daphne, eventually, skewed_clock
 
 CONNECTIONS = reverse("admin:notifications_connection_changelist")
 PROCESSES = reverse("admin:notifications_serverprocess_changelist")
@@ -289,3 +289,34 @@ async def test_the_send_action_reaches_real_clients_on_another_process(
         await receive(other, 0.5)
     await chosen.close()
     await other.close()
+
+
+@sync_to_async
+def process_count() -> int:
+    return ServerProcess.objects.count()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("async_db")
+async def test_a_server_whose_clock_is_ahead_shows_the_other_processes_alive(
+    daphne_factory: Callable[..., Daphne],
+) -> None:
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite has no clock of its own: processes sharing one SQLite file share one host and clock")
+    fast = {"NOTIFY_HEARTBEAT_INTERVAL": "0.3", "NOTIFY_STALE_AFTER": "1.5"}
+    steady = daphne_factory(fast)
+    # Three times the bound ahead: by its own clock, every other heartbeat looks stale.
+    ahead = daphne_factory({**fast, **skewed_clock(5)})
+    await create_superuser()
+
+    async def both_announced() -> bool:
+        return await process_count() == 2
+
+    await eventually(both_announced, seconds=5)
+    session = AdminSession(ahead.http_url)
+    await asyncio.to_thread(session.log_in, "root", "root-password")
+    status, page = await asyncio.to_thread(session.get, PROCESSES)
+    assert status == 200
+    assert page.count('<td class="field-status">alive</td>') == 2
+    assert "no heartbeat" not in page
+    del steady

@@ -5,17 +5,21 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
 from django.db import connection
+from django.db.models.functions import Now
 
-from notifications.models import Connection, ServerProcess
+from notifications.conf import conf
+from notifications.models import Connection, Registration, ServerProcess
+from notifications.presence import connection_counts
 from notifications.registry import purge_stale
 from notifications.sending import aconnection_count, ais_online, connection_count, is_online
 from tests.clients import open_client, register, register_confirmed
-from tests.servers import Daphne, eventually
+from tests.servers import Daphne, eventually, skewed_clock
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("async_db")]
 
@@ -271,3 +275,111 @@ async def test_each_process_reports_its_counters_with_its_heartbeat(daphne_facto
 
     await eventually(reported, seconds=SOON)
     await ws.close()
+
+
+def _heartbeats_either_side_of_the_bound() -> tuple[datetime, dict[str, int], set[str]]:
+    """Heartbeats written by Python just inside and just outside ``STALE_AFTER`` of the database's now.
+
+    Returns the database's now as stored, what presence counts, and which processes a purge leaves.
+    """
+    stale_after = conf.STALE_AFTER
+    started = datetime.now(tz=UTC) - timedelta(hours=1)
+    probe = ServerProcess.objects.create(id="now", host="probe", pid=1, started_at=started, heartbeat_at=Now())
+    probe.refresh_from_db()
+    db_now = probe.heartbeat_at
+    ages = {
+        "fresh": timedelta(seconds=stale_after - 0.5),
+        "stale": timedelta(seconds=stale_after + 0.5),
+        # Whole seconds: stored without a fraction (SQLite keeps text), compared with the database's fractions.
+        "fresh-whole-second": db_now - (db_now - timedelta(seconds=stale_after - 2)).replace(microsecond=0),
+        "stale-whole-second": db_now - (db_now - timedelta(seconds=stale_after + 1)).replace(microsecond=0),
+    }
+    for pid, (name, age) in enumerate(ages.items(), start=2):
+        process = ServerProcess.objects.create(
+            id=name, host="probe", pid=pid, started_at=started, heartbeat_at=db_now - age
+        )
+        Connection.objects.create(
+            temp_id=name,
+            process=process,
+            channel_name=f"specific.test!{name}",
+            connected_at=started,
+            registered_at=started,
+            last_activity_at=started,
+        )
+        Registration.objects.create(connection_id=name, recipient=name)
+    counts = connection_counts(ages)
+    purge_stale()
+    return db_now, counts, set(ServerProcess.objects.values_list("pk", flat=True))
+
+
+async def test_heartbeats_are_judged_by_the_database_clock_in_the_format_they_are_stored() -> None:
+    # STALE_AFTER (30 s) is far longer than this test takes: "fresh" stays fresh until the purge.
+    db_now, counts, left = await sync_to_async(_heartbeats_either_side_of_the_bound)()
+    # The database's now is UTC, as Django stores datetimes (this host's clock is the database's here).
+    assert abs(db_now - datetime.now(tz=UTC)) < timedelta(seconds=2)
+    assert counts == {"fresh": 1, "fresh-whole-second": 1, "stale": 0, "stale-whole-second": 0}
+    assert left == {"now", "fresh", "fresh-whole-second"}
+
+
+@sync_to_async
+def skewed_clock_state(steady: Daphne, skewed: Daphne) -> dict[str, Any]:
+    """The steady process's last heartbeat, the skewed one's clock offset, and what presence counts."""
+    processes = {
+        p.pid: p
+        for p in ServerProcess.objects.filter(pid__in=[steady.process.pid, skewed.process.pid]).annotate(now=Now())
+    }
+    first_connected = Connection.objects.filter(process__pid=skewed.process.pid).order_by("connected_at").first()
+    steady_row = processes.get(steady.process.pid)
+    return {
+        "steady_heartbeat": steady_row.heartbeat_at if steady_row else None,
+        "skewed_offset": (first_connected.connected_at - steady_row.now).total_seconds()
+        if first_connected and steady_row
+        else None,
+        "counts": connection_counts(["steady", "skewed"]),
+    }
+
+
+# Two to three times the bound: a process this far off was purged by the others or kept them alive.
+SKEW = int(3 * STALE_AFTER)
+
+
+@pytest.mark.parametrize("skew", [-SKEW, SKEW], ids=["behind", "ahead"])
+async def test_a_process_on_a_host_whose_clock_is_off_stays_counted_and_its_rows_vanish_once_killed(
+    daphne_factory: Callable[..., Daphne], skew: int
+) -> None:
+    if connection.vendor == "sqlite":
+        pytest.skip(
+            "SQLite has no clock of its own: each process reads its host's clock, and processes sharing "
+            "one SQLite file share one host"
+        )
+    steady = daphne_factory(FAST_HEARTBEAT)
+    skewed = daphne_factory({**FAST_HEARTBEAT, **skewed_clock(skew)})
+    steady_ws = await open_client(steady.url)
+    await register(steady_ws, "steady")
+    skewed_ws = [await open_client(skewed.url) for _ in range(2)]
+    for ws in skewed_ws:
+        await register(ws, "skewed")
+    await eventually(until(lambda r: sum(len(row["ids"]) for row in r.values()) == 3, steady, skewed), seconds=SOON)
+    state = await skewed_clock_state(steady, skewed)
+    # The clock did shift: the skewed process dates its connections by it.
+    assert state["skewed_offset"] == pytest.approx(skew, abs=1.0)
+
+    # Across the other's heartbeats for longer than the bound, nobody's rows are purged and all count.
+    first_beat = state["steady_heartbeat"]
+    async with asyncio.timeout(SOON + STALE_AFTER):
+        while state["steady_heartbeat"] - first_beat < timedelta(seconds=STALE_AFTER + HEARTBEAT):
+            assert state["counts"] == {"steady": 1, "skewed": 2}
+            assert [len(await rows(server)) for server in (steady, skewed)] == [1, 2]
+            await asyncio.sleep(0.05)  # polling what other processes write: nothing to await
+            state = await skewed_clock_state(steady, skewed)
+            assert state["steady_heartbeat"] is not None, "the steady process's row was purged"
+    for server in (steady, skewed):
+        assert "this process's rows were purged" not in server.log()
+
+    skewed.stop(signal.SIGKILL)
+    # Purged by the steady process within STALE_AFTER + one heartbeat, whichever way the clock was off.
+    await eventually(until(lambda r: r == {}, skewed), seconds=STALE_AFTER + HEARTBEAT + 1.0)
+    assert await process_rows(skewed) == 0
+    assert await aconnection_count("skewed") == 0
+    assert await aconnection_count("steady") == 1
+    await steady_ws.close()
