@@ -187,10 +187,12 @@ async def test_after_a_server_restart_the_page_reconnects_and_receives_without_a
     second = daphne_factory(port=first.port)
     await expect(state).to_have_text("connected", timeout=20_000)
 
-    await send_once(second.url, "survivor", "after the restart")  # registered again without any help
+    await confirm_receiving(page, "survivor")  # registered again without any help
     texts, total = notifications(page)
+    before = int(await total.inner_text())
+    await send_once(second.url, "survivor", "after the restart")
     await expect(texts.first).to_have_text("after the restart")
-    await expect(total).to_have_text("2")
+    await expect(total).to_have_text(str(before + 1))
     assert await page.evaluate("window.sameDocument") is True
 
 
@@ -212,6 +214,31 @@ async def test_the_client_backs_off_exponentially_with_jitter(browser: Browser) 
     ceilings = [40, 80, 160, 300, 300, 300]
     for delay, ceiling in zip(delays, ceilings, strict=True):
         assert ceiling / 2 <= delay < ceiling
+
+
+async def test_the_client_tries_at_once_when_the_browser_comes_back_online(
+    browser: Browser, daphne_factory: Callable[..., Daphne]
+) -> None:
+    context = await browser.new_context()
+    page = await context.new_page()
+    await page.add_script_tag(path=CLIENT_FILE)
+    port = free_port()
+    await page.evaluate(
+        """(url) => {
+            window.delays = [];
+            window.client = new NotifyClient(url, { minDelay: 120000, maxDelay: 120000, onState: (state, detail) => {
+                if (state === "reconnecting" && detail.delay !== undefined) window.delays.push(detail.delay);
+            }});
+        }""",
+        f"ws://127.0.0.1:{port}/",
+    )
+    await page.wait_for_function("window.delays.length === 1")  # nobody listens: the next try is a minute away
+    daphne_factory(port=port)
+    await context.set_offline(True)
+    await context.set_offline(False)  # the browser's "online" event
+    await page.wait_for_function("window.client.state === 'connected'", timeout=10_000)
+    assert await page.evaluate("window.delays.length") == 1  # it did not wait out the delay
+    await context.close()
 
 
 async def test_the_client_receives_for_every_id_it_registered_and_never_the_greeting(

@@ -12,10 +12,12 @@
  *   client.send("someone-else", "hello");              // false when not connected (nothing is queued)
  *   client.close();                                    // for good: no reconnect
  *
- * When the connection drops (a server restart, a network change) the client
- * reconnects on its own after 0.5 s, 1 s, 2 s, ... up to 30 s, each delay
- * randomised between half and all of it so that thousands of pages do not
- * come back at the same instant, and registers its ids again. The server's
+ * When the connection closes (a server restart, a network change that the
+ * browser notices) the client reconnects on its own after 0.5 s, 1 s, 2 s, ...
+ * up to 30 s, each delay randomised between half and all of it so that
+ * thousands of pages do not come back at the same instant, and registers its
+ * ids again. When the browser comes back online it tries at once instead of
+ * waiting out the delay. The server's
  * greeting is not a notification and is not passed to onMessage.
  * Notifications are untrusted text: show them with textContent, never innerHTML.
  */
@@ -39,6 +41,15 @@
       this.maxDelay = maxDelay;
       this.attempt = 0;
       this.closed = false;
+      this.timer = null;
+      // Back online (Wi-Fi again, out of sleep): no need to wait out the backoff.
+      this.onOnline = () => {
+        if (this.timer === null) return;
+        clearTimeout(this.timer);
+        this.timer = null;
+        this.open("reconnecting");
+      };
+      global.addEventListener?.("online", this.onOnline);
       this.open("connecting");
     }
 
@@ -66,7 +77,10 @@
         const delay = ceiling / 2 + (Math.random() * ceiling) / 2;
         this.attempt += 1;
         this.setState("reconnecting", { attempt: this.attempt, delay });
-        this.timer = setTimeout(() => this.open("reconnecting"), delay);
+        this.timer = setTimeout(() => {
+          this.timer = null;
+          this.open("reconnecting");
+        }, delay);
       };
     }
 
@@ -96,6 +110,8 @@
       if (this.closed) return;
       this.closed = true;
       clearTimeout(this.timer);
+      this.timer = null;
+      global.removeEventListener?.("online", this.onOnline);
       if (this.socket) this.socket.close();
       this.setState("closed");
     }
