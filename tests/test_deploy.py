@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import re
 import signal
@@ -109,6 +110,48 @@ def test_the_environment_file_is_a_valid_configuration_that_needs_only_a_key(tmp
     completed = deploy_check()
     assert completed.returncode == 0, completed.stderr
     assert "ERROR" not in completed.stderr
+
+
+WITH_ENV = str(ROOT / "bin" / "with-env")
+
+
+def test_with_env_passes_values_as_written_without_running_them_as_shell(tmp_path: Path) -> None:
+    env_file = tmp_path / "notify.env"
+    witness = tmp_path / "ran"
+    tricky = f"pa$word; touch {witness} & `touch {witness}` $(touch {witness}) ${{HOME}} spaced  out"
+    env_file.write_text(f"# a comment\n  ; another\n\nNOTIFY_A={tricky}\nNOTIFY_B=x\"y'z=w\nNOTIFY_C=last, no newline")
+    result = subprocess.run(
+        [WITH_ENV, str(env_file), sys.executable, "-c", "import json, os; print(json.dumps(dict(os.environ)))"],
+        env={"PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    received = json.loads(result.stdout)
+    assert received["NOTIFY_A"] == tricky
+    assert received["NOTIFY_B"] == "x\"y'z=w"
+    assert received["NOTIFY_C"] == "last, no newline"
+    assert not witness.exists()
+
+
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        ("DATABASE_URL = postgres://notify:secret@db/notify", "line 3 is not KEY=value"),
+        ("export NOTIFY_A=1", "line 3 is not KEY=value"),
+        ('DJANGO_SECRET_KEY="secret"', "line 3: the value of DJANGO_SECRET_KEY starts with a quote"),
+        ("DJANGO_SECRET_KEY=sec\\ret", "line 3: the value of DJANGO_SECRET_KEY starts with a quote"),
+    ],
+)
+def test_with_env_refuses_a_malformed_line_in_one_line_naming_it(tmp_path: Path, line: str, error: str) -> None:
+    env_file = tmp_path / "notify.env"
+    env_file.write_text(f"# settings\nNOTIFY_A=1\n{line}\nNOTIFY_B=2\n")
+    witness = tmp_path / "ran"
+    result = subprocess.run([WITH_ENV, str(env_file), "touch", str(witness)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"Configuration error: {env_file} {error}")
+    assert result.stderr.count("\n") == 1 and "secret" not in result.stderr
+    assert not witness.exists()
 
 
 def test_the_nginx_site_passes_nginx_t_with_and_without_rate_limiting(tmp_path: Path) -> None:
