@@ -28,8 +28,25 @@ from websockets.protocol import State
 from deploy.render import DEFAULTS, PLACEHOLDER, TEMPLATES, render, render_all
 from notifications.models import Connection, Registration, ServerProcess
 from tests.clients import AdminSession, frame, open_client, receive, register_confirmed
-from tests.deploy_servers import TEST_SECRET_KEY, Deployment, render_deploy, set_env_values, start_deployment
-from tests.servers import ROOT, RedisServer, child_env, eventually, nginx_conf, require_program, wait_until
+from tests.deploy_servers import (
+    TEST_SECRET_KEY,
+    Deployment,
+    SocketActivated,
+    render_deploy,
+    set_env_values,
+    start_deployment,
+    start_systemd_service,
+)
+from tests.servers import (
+    ROOT,
+    RedisServer,
+    child_env,
+    eventually,
+    free_port,
+    nginx_conf,
+    require_program,
+    wait_until,
+)
 
 DEPLOY = ROOT / "deploy"
 DOC = ROOT / "docs" / "DEPLOY.md"
@@ -321,7 +338,7 @@ def nginx_binary() -> str:
 
 
 @pytest.fixture
-def deployments(tmp_path: Path) -> Iterator[list[Deployment]]:
+def deployments() -> Iterator[list[Deployment]]:
     started: list[Deployment] = []
     yield started
     for deployment in started:
@@ -450,3 +467,75 @@ async def test_after_redis_comes_back_registered_clients_receive_again_without_r
         assert "Traceback" not in log, name
     for client in clients:
         await client.ws.close()
+
+
+def render_with_settings(workdir: Path, settings: dict[str, str]) -> dict[str, str]:
+    """Render deploy/ into ``workdir`` and install its environment file with ``settings``; the variables."""
+    values = render_deploy(workdir, port=free_port(), listen_port=free_port())
+    env_file = Path(values["ENV_FILE"])
+    env_file.parent.mkdir()
+    env_file.write_text(set_env_values((workdir / "deploy" / "notify.env").read_text(), settings))
+    Path(values["STATIC_ROOT"]).mkdir()  # collectstatic's (whitenoise warns while it is missing)
+    return values
+
+
+@pytest.fixture
+def systemd_services() -> Iterator[list[SocketActivated]]:
+    started: list[SocketActivated] = []
+    yield started
+    for service in started:
+        service.stop()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("async_db")
+async def test_the_systemd_units_exec_start_serves_the_socket_units_address_with_the_environment_file(
+    tmp_path: Path,
+    systemd_services: list[SocketActivated],
+    database_url: str,
+    redis_url: str,
+    redis_prefix: str,
+) -> None:
+    activate = require_program("systemd-socket-activate", install_hint="apt-get install systemd (Debian/Ubuntu)")
+    values = render_with_settings(tmp_path, deployment_settings(database_url, redis_url, redis_prefix))
+    env_file = Path(values["ENV_FILE"])
+    service = start_systemd_service(activate, tmp_path, values)
+    systemd_services.append(service)
+    assert service.url == f"ws://127.0.0.1:{values['PORT']}/"
+
+    # As notify.socket does, systemd-socket-activate listens first and starts the service on the first connection.
+    await wait_until(lambda: f"Listening on 127.0.0.1:{values['PORT']} " in service.log.read_text(), seconds=TIMEOUT)
+    try:
+        receiver = await open_client(service.url)
+        await register_confirmed(receiver, "systemd-receiver", seconds=TIMEOUT)
+        sender = await open_client(service.url)
+        await sender.send(frame("systemd-receiver", "through the systemd unit"))
+        assert await receive(receiver, TIMEOUT) == "through the systemd unit"
+    except Exception as exc:  # a service that fails to start: show its log
+        raise AssertionError(f"{exc!r}\n{service.log.read_text(errors='replace')}") from exc
+    # The registry row (written in batches) is the unit's daphne's, in the environment file's database.
+    pid = service.process.pid
+
+    async def recorded() -> bool:
+        return await process_of("systemd-receiver") == pid
+
+    await eventually(recorded, seconds=TIMEOUT)
+    # manage.py reaches the unit's process through Redis (the environment file's REDIS_URL and prefix).
+    sent = await asyncio.to_thread(
+        subprocess.run,
+        [WITH_ENV, str(env_file), sys.executable, "manage.py", "notify", "systemd-receiver", "by manage.py notify"],
+        cwd=ROOT,
+        env=child_env({"REDIS_URL": None, "DATABASE_URL": None, "DJANGO_SECRET_KEY": None}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert sent.returncode == 0, sent.stderr
+    assert await receive(receiver, TIMEOUT) == "by manage.py notify"
+
+    # SIGTERM, as systemctl stop sends: the process leaves and removes its rows from the registry.
+    await asyncio.to_thread(service.stop)
+    await asyncio.wait_for(receiver.wait_closed(), TIMEOUT)
+    assert pid not in await announced_pids()
+    log = service.log.read_text(errors="replace")
+    assert '"WSCONNECT /"' in log and "Traceback" not in log, log  # the access log (stdout) and the server's log
