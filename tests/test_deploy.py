@@ -80,19 +80,20 @@ def test_the_environment_file_names_every_setting_of_the_readme() -> None:
     assert re.search(r"^DJANGO_SECRET_KEY=$", env, flags=re.MULTILINE), "a template must not ship a key"
 
 
-def test_every_daphne_launch_in_deploy_goes_through_bin_daphne_behind_the_proxy() -> None:
+def test_every_daphne_launch_in_deploy_goes_through_bin_daphne_with_the_environment_file() -> None:
     supervisor = render("supervisor/notify.conf")
     command = re.search(r"^command=(.*)$", supervisor, flags=re.MULTILINE)
     assert command is not None
     assert command.group(1).endswith("/srv/notify/bin/daphne --fd 0 --access-log -")
-    assert re.search(r'^environment=NOTIFY_BEHIND_PROXY="1"$', supervisor, flags=re.MULTILINE)
     assert re.search(r"^minfds=65536$", supervisor, flags=re.MULTILINE)
     assert re.search(r"^socket=tcp://127\.0\.0\.1:8765$", supervisor, flags=re.MULTILINE)
     service = render("systemd/notify@.service")
     assert re.search(r"^ExecStart=/srv/notify/bin/daphne --fd 3 --access-log -$", service, flags=re.MULTILINE)
-    assert re.search(r"^Environment=NOTIFY_BEHIND_PROXY=1$", service, flags=re.MULTILINE)
     assert re.search(r"^LimitNOFILE=65536$", service, flags=re.MULTILINE)
     assert "ListenStream=127.0.0.1:8765" in render("systemd/notify.socket")
+    # Proxy mode is a setting like the others: in the environment file alone, which every launch reads.
+    assert re.search(r"^NOTIFY_BEHIND_PROXY=1$", render("notify.env"), flags=re.MULTILINE)
+    assert "NOTIFY_BEHIND_PROXY" not in supervisor + service
 
 
 def test_the_renderer_refuses_an_unknown_variable_in_one_line(tmp_path: Path) -> None:
@@ -127,6 +128,14 @@ def test_the_environment_file_is_a_valid_configuration_that_needs_only_a_key(tmp
     completed = deploy_check()
     assert completed.returncode == 0, completed.stderr
     assert "ERROR" not in completed.stderr
+    assert "(security.W008)" in completed.stderr  # no https redirect before TLS
+    # Once TLS is on (docs/DEPLOY.md, "TLS"): no warning left about https (redirect, cookies, HSTS), and the
+    # redirect needs proxy mode, which the file sets: X-Forwarded-Proto says what the client used.
+    env_file.write_text(set_env_values(template, {"DJANGO_SECRET_KEY": TEST_SECRET_KEY, "DJANGO_HTTPS": "1"}))
+    with_tls = deploy_check()
+    assert with_tls.returncode == 0, with_tls.stderr
+    warned = set(re.findall(r"\((security\.W\d+)\)", with_tls.stderr))
+    assert not warned & {"security.W004", "security.W008", "security.W012", "security.W016"}, with_tls.stderr
 
 
 WITH_ENV = str(ROOT / "bin" / "with-env")
