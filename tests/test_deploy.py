@@ -15,6 +15,8 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -330,6 +332,16 @@ async def notify_reaches(deployment: Deployment, client: Client, text: str) -> N
     assert await receive(client.ws, TIMEOUT) == text
 
 
+def static_response(url: str, headers: dict[str, str]) -> tuple[int, dict[str, str]]:
+    """The status and headers of a GET of ``url``."""
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+            return response.status, dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers)
+
+
 def is_open(client: Client) -> bool:
     return client.ws.state is State.OPEN
 
@@ -393,6 +405,12 @@ async def test_supervisord_runs_two_daphne_processes_on_one_socket_behind_nginx_
     assert "6.6.6.6" not in page
     status, css = await asyncio.to_thread(session.get, "/static/admin/css/base.css")
     assert status == 200 and css == (Path(deployment.values["STATIC_ROOT"]) / "admin/css/base.css").read_text()
+    # No long expiry on names without a hash: revalidated each time, a 304 while unchanged.
+    css_url = f"{nginx.http_url}/static/admin/css/base.css"
+    status, headers = await asyncio.to_thread(static_response, css_url, {})
+    assert status == 200 and headers["Cache-Control"] == "no-cache" and "Expires" not in headers, headers
+    status, _ = await asyncio.to_thread(static_response, css_url, {"If-None-Match": headers["ETag"]})
+    assert status == 304
     assert "/admin/login/" in deployment.access_logs() and "/static/" not in deployment.access_logs()
 
     # SIGKILL one process: supervisord starts another; the other process's clients notice nothing.
