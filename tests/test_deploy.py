@@ -107,6 +107,38 @@ def test_the_renderer_refuses_an_unknown_variable_in_one_line(tmp_path: Path) ->
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("assignment", "error"),
+    [
+        ("PROJECT_DIR=/srv/my notify", "PROJECT_DIR='/srv/my notify' is not an absolute path"),
+        ("LOG_DIR=/var/log/100%", "LOG_DIR='/var/log/100%' is not an absolute path"),
+        ("STATIC_ROOT=static", "STATIC_ROOT='static' is not an absolute path"),
+        ("SERVER_NAME=a.example; return 301 x; }", "SERVER_NAME='a.example; return 301 x; }' is not one host name"),
+        ("PORT=80a", "PORT='80a' is not a port number"),
+        ("PORT=70000", "PORT='70000' is not a port number"),
+        ("LISTEN=0", "LISTEN='0' is not a port"),
+        ("PROCESSES=two", "PROCESSES='two' is not a positive whole number"),
+        ("USER=no body", "USER='no body' is not a user or group name"),
+        ("GROUP=", "GROUP='' is not a user or group name"),
+    ],
+)
+def test_the_renderer_refuses_a_value_that_would_break_a_file_in_one_line(
+    tmp_path: Path, assignment: str, error: str
+) -> None:
+    result = subprocess.run(
+        ["python3", str(DEPLOY / "render.py"), str(tmp_path / "out"), assignment], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"deploy/render.py: {error}")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_renderer_takes_addresses_as_nginx_does() -> None:
+    for listen in ("80", "127.0.0.1:8080", "[::1]:8080", "localhost:80"):
+        assert render("nginx/notify.conf", {"LISTEN": listen}).count(f"listen {listen};") == 1
+
+
 def test_the_environment_file_is_a_valid_configuration_that_needs_only_a_key(tmp_path: Path) -> None:
     values = render_deploy(tmp_path, port=8765, listen_port=80)
     env_file = Path(values["ENV_FILE"])
