@@ -98,6 +98,11 @@ class Supervisor:
         self._rundir.cleanup()
 
 
+def systemd_default_open_files() -> None:
+    """The soft open-file limit systemd gives its services (1,024), such as Debian's supervisor.service."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+
 def start_supervisord(workdir: Path, program: Path) -> Supervisor:
     """Start supervisord in the foreground with a main config of the test's own that includes ``program``."""
     # A unix socket path must stay under about 100 bytes: a short folder of its own.
@@ -138,9 +143,7 @@ files = {program}
         stderr=subprocess.STDOUT,
         start_new_session=True,
         # Started with systemd's default soft limit, so that the test sees minfds raise it.
-        preexec_fn=lambda: resource.setrlimit(
-            resource.RLIMIT_NOFILE, (1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
-        ),
+        preexec_fn=systemd_default_open_files,
     )
     return Supervisor(process=process, rpc_socket=rpc_socket, log=log, _rundir=rundir)
 
