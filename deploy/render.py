@@ -42,6 +42,31 @@ DEFAULTS: dict[str, str] = {
 
 PLACEHOLDER = re.compile(r"@([A-Z_]+)@")
 
+# What each variable may hold, so that no value can break the syntax of the
+# files it lands in: % is supervisord's %(...)s expansion and a systemd
+# specifier, a space splits command= and ExecStart=, ; and } end an nginx
+# directive or block.
+_PATH = (r"/[A-Za-z0-9._/-]*", "an absolute path of letters, digits and . _ / -")
+_NAME = (r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}", "a user or group name (letters, digits, _ . -)")
+_NUMBER = (r"[1-9][0-9]{0,6}", "a positive whole number")
+_HOST = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+FORMATS: dict[str, tuple[str, str]] = {
+    "PROJECT_DIR": _PATH,
+    "USER": _NAME,
+    "GROUP": _NAME,
+    "ENV_FILE": _PATH,
+    "LOG_DIR": _PATH,
+    "STATIC_ROOT": _PATH,
+    "PORT": (r"[0-9]{1,5}", "a port number (1-65535)"),
+    "PROCESSES": _NUMBER,
+    "NOFILE": _NUMBER,
+    "SERVER_NAME": (_HOST, "one host name (letters, digits, - and dots)"),
+    "LISTEN": (
+        rf"(?:(?:{_HOST}|\[[0-9A-Fa-f:.]+\]):)?[0-9]{{1,5}}",
+        "a port (1-65535), or ADDRESS:PORT for nginx's listen",
+    ),
+}
+
 
 class RenderError(Exception):
     """A bad variable or a template left with a placeholder: reported in one line."""
@@ -53,11 +78,14 @@ def variables(overrides: dict[str, str]) -> dict[str, str]:
         raise RenderError(f"unknown variable {unknown[0]}; known: {', '.join(DEFAULTS)}")
     values = {**DEFAULTS, **overrides}
     for name, value in values.items():
-        if not value or "\n" in value:
-            raise RenderError(f"{name} must be one non-empty line")
-        if PLACEHOLDER.search(value):
-            raise RenderError(f"{name}={value!r} holds a placeholder")
+        pattern, description = FORMATS[name]
+        if not re.fullmatch(pattern, value) or (name in {"PORT", "LISTEN"} and not 0 < port_of(value) < 65536):
+            raise RenderError(f"{name}={value!r} is not {description}")
     return values
+
+
+def port_of(value: str) -> int:
+    return int(value.rpartition(":")[2])
 
 
 def render_text(text: str, values: dict[str, str], *, source: str = "template") -> str:

@@ -7,6 +7,7 @@ import grp
 import os
 import re
 import resource
+import shlex
 import signal
 import subprocess
 import sys
@@ -98,6 +99,7 @@ class Supervisor:
 
 
 def systemd_default_open_files() -> None:
+    """The soft open-file limit systemd gives its services (1,024), such as Debian's supervisor.service."""
     resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 
 
@@ -141,9 +143,7 @@ files = {program}
         stderr=subprocess.STDOUT,
         start_new_session=True,
         # Started with systemd's default soft limit, so that the test sees minfds raise it.
-        preexec_fn=lambda: resource.setrlimit(
-            resource.RLIMIT_NOFILE, (1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
-        ),
+        preexec_fn=systemd_default_open_files,
     )
     return Supervisor(process=process, rpc_socket=rpc_socket, log=log, _rundir=rundir)
 
@@ -208,3 +208,82 @@ def start_deployment(workdir: Path, *, settings: dict[str, str], nginx_binary: s
             supervisor.stop()
             raise
     return deployment
+
+
+# systemd: no systemd runs as PID 1 here, so systemd-socket-activate plays
+# notify.socket and runs notify@.service's ExecStart as systemd would.
+
+SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def unit_settings(text: str, name: str) -> list[str]:
+    """The values of every ``name=`` line of a systemd unit (no line continuations: the templates have none)."""
+    return [value.strip() for value in re.findall(rf"^{name}=(.*)$", text, flags=re.MULTILINE)]
+
+
+def read_environment_file(path: Path) -> dict[str, str]:
+    """The settings of an environment file as systemd's EnvironmentFile= reads deploy/notify.env.
+
+    Comments (# or ;) and blank lines skipped, KEY=value split at the first =;
+    bin/with-env refuses whatever systemd would read otherwise (quotes, backslashes).
+    """
+    settings = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith(("#", ";")):
+            name, sep, value = line.partition("=")
+            assert sep, f"{path}: {line!r} is not KEY=value"
+            settings[name.strip()] = value.strip()
+    return settings
+
+
+@dataclass
+class SocketActivated:
+    """notify@.service's ExecStart, given notify.socket's listening socket by systemd-socket-activate."""
+
+    process: subprocess.Popen
+    url: str
+    log: Path
+
+    def stop(self) -> int:
+        """SIGTERM (the unit's KillSignal), then SIGKILL after its TimeoutStopSec; the exit status."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=5)
+        return self.process.returncode
+
+
+def start_systemd_service(activate: str, workdir: Path, values: dict[str, str]) -> SocketActivated:
+    """Run the rendered unit's ExecStart as systemd would: its environment alone, in its folder, on the socket."""
+    units = workdir / "deploy" / "systemd"
+    socket_unit = (units / "notify.socket").read_text()
+    service = (units / "notify@.service").read_text()
+    assert unit_settings(service, "Sockets") == ["notify.socket"]
+    [listen] = unit_settings(socket_unit, "ListenStream")
+    [exec_start] = unit_settings(service, "ExecStart")
+    [env_file] = unit_settings(service, "EnvironmentFile")
+    [directory] = unit_settings(service, "WorkingDirectory")
+    assert env_file == values["ENV_FILE"]
+    # systemd gives a service PATH and what the unit names, nothing of the caller's environment.
+    environment = {"PATH": SYSTEMD_PATH}
+    for assignment in unit_settings(service, "Environment"):
+        name, _, value = assignment.partition("=")
+        environment[name] = value
+    environment.update(read_environment_file(Path(env_file)))
+    argv = shlex.split(exec_start)
+    assert not argv[0].startswith(("-", "@", "+", "!", ":")), "ExecStart prefixes are not played here"
+    log = workdir / "service.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [activate, "-l", listen, *(f"--setenv={name}={value}" for name, value in environment.items()), *argv],
+            cwd=directory,
+            env={"PATH": SYSTEMD_PATH},
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return SocketActivated(process=process, url=f"ws://{listen}/", log=log)

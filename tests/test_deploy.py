@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,8 +30,25 @@ from websockets.protocol import State
 from deploy.render import DEFAULTS, PLACEHOLDER, TEMPLATES, render, render_all
 from notifications.models import Connection, Registration, ServerProcess
 from tests.clients import AdminSession, frame, open_client, receive, register_confirmed
-from tests.deploy_servers import TEST_SECRET_KEY, Deployment, render_deploy, set_env_values, start_deployment
-from tests.servers import ROOT, RedisServer, child_env, eventually, nginx_conf, require_program, wait_until
+from tests.deploy_servers import (
+    TEST_SECRET_KEY,
+    Deployment,
+    SocketActivated,
+    render_deploy,
+    set_env_values,
+    start_deployment,
+    start_systemd_service,
+)
+from tests.servers import (
+    ROOT,
+    RedisServer,
+    child_env,
+    eventually,
+    free_port,
+    nginx_conf,
+    require_program,
+    wait_until,
+)
 
 DEPLOY = ROOT / "deploy"
 DOC = ROOT / "docs" / "DEPLOY.md"
@@ -62,19 +82,20 @@ def test_the_environment_file_names_every_setting_of_the_readme() -> None:
     assert re.search(r"^DJANGO_SECRET_KEY=$", env, flags=re.MULTILINE), "a template must not ship a key"
 
 
-def test_every_daphne_launch_in_deploy_goes_through_bin_daphne_behind_the_proxy() -> None:
+def test_every_daphne_launch_in_deploy_goes_through_bin_daphne_with_the_environment_file() -> None:
     supervisor = render("supervisor/notify.conf")
     command = re.search(r"^command=(.*)$", supervisor, flags=re.MULTILINE)
     assert command is not None
     assert command.group(1).endswith("/srv/notify/bin/daphne --fd 0 --access-log -")
-    assert re.search(r'^environment=NOTIFY_BEHIND_PROXY="1"$', supervisor, flags=re.MULTILINE)
     assert re.search(r"^minfds=65536$", supervisor, flags=re.MULTILINE)
     assert re.search(r"^socket=tcp://127\.0\.0\.1:8765$", supervisor, flags=re.MULTILINE)
     service = render("systemd/notify@.service")
     assert re.search(r"^ExecStart=/srv/notify/bin/daphne --fd 3 --access-log -$", service, flags=re.MULTILINE)
-    assert re.search(r"^Environment=NOTIFY_BEHIND_PROXY=1$", service, flags=re.MULTILINE)
     assert re.search(r"^LimitNOFILE=65536$", service, flags=re.MULTILINE)
     assert "ListenStream=127.0.0.1:8765" in render("systemd/notify.socket")
+    # Proxy mode is a setting like the others: in the environment file alone, which every launch reads.
+    assert re.search(r"^NOTIFY_BEHIND_PROXY=1$", render("notify.env"), flags=re.MULTILINE)
+    assert "NOTIFY_BEHIND_PROXY" not in supervisor + service
 
 
 def test_the_renderer_refuses_an_unknown_variable_in_one_line(tmp_path: Path) -> None:
@@ -84,6 +105,38 @@ def test_the_renderer_refuses_an_unknown_variable_in_one_line(tmp_path: Path) ->
     assert result.returncode == 2
     assert result.stderr.startswith("deploy/render.py: unknown variable PORTT; known: PROJECT_DIR")
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("assignment", "error"),
+    [
+        ("PROJECT_DIR=/srv/my notify", "PROJECT_DIR='/srv/my notify' is not an absolute path"),
+        ("LOG_DIR=/var/log/100%", "LOG_DIR='/var/log/100%' is not an absolute path"),
+        ("STATIC_ROOT=static", "STATIC_ROOT='static' is not an absolute path"),
+        ("SERVER_NAME=a.example; return 301 x; }", "SERVER_NAME='a.example; return 301 x; }' is not one host name"),
+        ("PORT=80a", "PORT='80a' is not a port number"),
+        ("PORT=70000", "PORT='70000' is not a port number"),
+        ("LISTEN=0", "LISTEN='0' is not a port"),
+        ("PROCESSES=two", "PROCESSES='two' is not a positive whole number"),
+        ("USER=no body", "USER='no body' is not a user or group name"),
+        ("GROUP=", "GROUP='' is not a user or group name"),
+    ],
+)
+def test_the_renderer_refuses_a_value_that_would_break_a_file_in_one_line(
+    tmp_path: Path, assignment: str, error: str
+) -> None:
+    result = subprocess.run(
+        ["python3", str(DEPLOY / "render.py"), str(tmp_path / "out"), assignment], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"deploy/render.py: {error}")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_renderer_takes_addresses_as_nginx_does() -> None:
+    for listen in ("80", "127.0.0.1:8080", "[::1]:8080", "localhost:80"):
+        assert render("nginx/notify.conf", {"LISTEN": listen}).count(f"listen {listen};") == 1
 
 
 def test_the_environment_file_is_a_valid_configuration_that_needs_only_a_key(tmp_path: Path) -> None:
@@ -109,6 +162,56 @@ def test_the_environment_file_is_a_valid_configuration_that_needs_only_a_key(tmp
     completed = deploy_check()
     assert completed.returncode == 0, completed.stderr
     assert "ERROR" not in completed.stderr
+    assert "(security.W008)" in completed.stderr  # no https redirect before TLS
+    # Once TLS is on (docs/DEPLOY.md, "TLS"): no warning left about https (redirect, cookies, HSTS), and the
+    # redirect needs proxy mode, which the file sets: X-Forwarded-Proto says what the client used.
+    env_file.write_text(set_env_values(template, {"DJANGO_SECRET_KEY": TEST_SECRET_KEY, "DJANGO_HTTPS": "1"}))
+    with_tls = deploy_check()
+    assert with_tls.returncode == 0, with_tls.stderr
+    warned = set(re.findall(r"\((security\.W\d+)\)", with_tls.stderr))
+    assert not warned & {"security.W004", "security.W008", "security.W012", "security.W016"}, with_tls.stderr
+
+
+WITH_ENV = str(ROOT / "bin" / "with-env")
+
+
+def test_with_env_passes_values_as_written_without_running_them_as_shell(tmp_path: Path) -> None:
+    env_file = tmp_path / "notify.env"
+    witness = tmp_path / "ran"
+    tricky = f"pa$word; touch {witness} & `touch {witness}` $(touch {witness}) ${{HOME}} spaced  out"
+    env_file.write_text(f"# a comment\n  ; another\n\nNOTIFY_A={tricky}\nNOTIFY_B=x\"y'z=w\nNOTIFY_C=last, no newline")
+    result = subprocess.run(
+        [WITH_ENV, str(env_file), sys.executable, "-c", "import json, os; print(json.dumps(dict(os.environ)))"],
+        env={"PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    received = json.loads(result.stdout)
+    assert received["NOTIFY_A"] == tricky
+    assert received["NOTIFY_B"] == "x\"y'z=w"
+    assert received["NOTIFY_C"] == "last, no newline"
+    assert not witness.exists()
+
+
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        ("DATABASE_URL = postgres://notify:secret@db/notify", "line 3 is not KEY=value"),
+        ("export NOTIFY_A=1", "line 3 is not KEY=value"),
+        ('DJANGO_SECRET_KEY="secret"', "line 3: the value of DJANGO_SECRET_KEY starts with a quote"),
+        ("DJANGO_SECRET_KEY=sec\\ret", "line 3: the value of DJANGO_SECRET_KEY starts with a quote"),
+    ],
+)
+def test_with_env_refuses_a_malformed_line_in_one_line_naming_it(tmp_path: Path, line: str, error: str) -> None:
+    env_file = tmp_path / "notify.env"
+    env_file.write_text(f"# settings\nNOTIFY_A=1\n{line}\nNOTIFY_B=2\n")
+    witness = tmp_path / "ran"
+    result = subprocess.run([WITH_ENV, str(env_file), "touch", str(witness)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"Configuration error: {env_file} {error}")
+    assert result.stderr.count("\n") == 1 and "secret" not in result.stderr
+    assert not witness.exists()
 
 
 def test_the_nginx_site_passes_nginx_t_with_and_without_rate_limiting(tmp_path: Path) -> None:
@@ -261,6 +364,16 @@ async def notify_reaches(deployment: Deployment, client: Client, text: str) -> N
     assert await receive(client.ws, TIMEOUT) == text
 
 
+def static_response(url: str, headers: dict[str, str]) -> tuple[int, dict[str, str]]:
+    """The status and headers of a GET of ``url``."""
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+            return response.status, dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers)
+
+
 def is_open(client: Client) -> bool:
     return client.ws.state is State.OPEN
 
@@ -278,7 +391,7 @@ def nginx_binary() -> str:
 
 
 @pytest.fixture
-def deployments(tmp_path: Path) -> Iterator[list[Deployment]]:
+def deployments() -> Iterator[list[Deployment]]:
     started: list[Deployment] = []
     yield started
     for deployment in started:
@@ -324,6 +437,12 @@ async def test_supervisord_runs_two_daphne_processes_on_one_socket_behind_nginx_
     assert "6.6.6.6" not in page
     status, css = await asyncio.to_thread(session.get, "/static/admin/css/base.css")
     assert status == 200 and css == (Path(deployment.values["STATIC_ROOT"]) / "admin/css/base.css").read_text()
+    # No long expiry on names without a hash: revalidated each time, a 304 while unchanged.
+    css_url = f"{nginx.http_url}/static/admin/css/base.css"
+    status, headers = await asyncio.to_thread(static_response, css_url, {})
+    assert status == 200 and headers["Cache-Control"] == "no-cache" and "Expires" not in headers, headers
+    status, _ = await asyncio.to_thread(static_response, css_url, {"If-None-Match": headers["ETag"]})
+    assert status == 304
     assert "/admin/login/" in deployment.access_logs() and "/static/" not in deployment.access_logs()
 
     # SIGKILL one process: supervisord starts another; the other process's clients notice nothing.
@@ -407,3 +526,75 @@ async def test_after_redis_comes_back_registered_clients_receive_again_without_r
         assert "Traceback" not in log, name
     for client in clients:
         await client.ws.close()
+
+
+def render_with_settings(workdir: Path, settings: dict[str, str]) -> dict[str, str]:
+    """Render deploy/ into ``workdir`` and install its environment file with ``settings``; the variables."""
+    values = render_deploy(workdir, port=free_port(), listen_port=free_port())
+    env_file = Path(values["ENV_FILE"])
+    env_file.parent.mkdir()
+    env_file.write_text(set_env_values((workdir / "deploy" / "notify.env").read_text(), settings))
+    Path(values["STATIC_ROOT"]).mkdir()  # collectstatic's (whitenoise warns while it is missing)
+    return values
+
+
+@pytest.fixture
+def systemd_services() -> Iterator[list[SocketActivated]]:
+    started: list[SocketActivated] = []
+    yield started
+    for service in started:
+        service.stop()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("async_db")
+async def test_the_systemd_units_exec_start_serves_the_socket_units_address_with_the_environment_file(
+    tmp_path: Path,
+    systemd_services: list[SocketActivated],
+    database_url: str,
+    redis_url: str,
+    redis_prefix: str,
+) -> None:
+    activate = require_program("systemd-socket-activate", install_hint="apt-get install systemd (Debian/Ubuntu)")
+    values = render_with_settings(tmp_path, deployment_settings(database_url, redis_url, redis_prefix))
+    env_file = Path(values["ENV_FILE"])
+    service = start_systemd_service(activate, tmp_path, values)
+    systemd_services.append(service)
+    assert service.url == f"ws://127.0.0.1:{values['PORT']}/"
+
+    # As notify.socket does, systemd-socket-activate listens first and starts the service on the first connection.
+    await wait_until(lambda: f"Listening on 127.0.0.1:{values['PORT']} " in service.log.read_text(), seconds=TIMEOUT)
+    try:
+        receiver = await open_client(service.url)
+        await register_confirmed(receiver, "systemd-receiver", seconds=TIMEOUT)
+        sender = await open_client(service.url)
+        await sender.send(frame("systemd-receiver", "through the systemd unit"))
+        assert await receive(receiver, TIMEOUT) == "through the systemd unit"
+    except Exception as exc:  # a service that fails to start: show its log
+        raise AssertionError(f"{exc!r}\n{service.log.read_text(errors='replace')}") from exc
+    # The registry row (written in batches) is the unit's daphne's, in the environment file's database.
+    pid = service.process.pid
+
+    async def recorded() -> bool:
+        return await process_of("systemd-receiver") == pid
+
+    await eventually(recorded, seconds=TIMEOUT)
+    # manage.py reaches the unit's process through Redis (the environment file's REDIS_URL and prefix).
+    sent = await asyncio.to_thread(
+        subprocess.run,
+        [WITH_ENV, str(env_file), sys.executable, "manage.py", "notify", "systemd-receiver", "by manage.py notify"],
+        cwd=ROOT,
+        env=child_env({"REDIS_URL": None, "DATABASE_URL": None, "DJANGO_SECRET_KEY": None}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert sent.returncode == 0, sent.stderr
+    assert await receive(receiver, TIMEOUT) == "by manage.py notify"
+
+    # SIGTERM, as systemctl stop sends: the process leaves and removes its rows from the registry.
+    await asyncio.to_thread(service.stop)
+    await asyncio.wait_for(receiver.wait_closed(), TIMEOUT)
+    assert pid not in await announced_pids()
+    log = service.log.read_text(errors="replace")
+    assert '"WSCONNECT /"' in log and "Traceback" not in log, log  # the access log (stdout) and the server's log
