@@ -7,6 +7,7 @@ as an operator runs it, from Python clients of the field, and from other pages.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import re
 import sys
@@ -69,14 +70,18 @@ def notifications(page: Page) -> tuple:
     return page.locator("#notifications li .text"), page.locator("#total")
 
 
+PROBES = itertools.count(1)
+
+
 async def confirm_receiving(page: Page, recipient: str, *, attempts: int = 10) -> None:
     """Prove the page's registration through the page's own form: it sends itself a probe until one shows.
 
     The protocol answers nothing to a registration; probes on the same connection follow it.
     """
     texts, _ = notifications(page)
-    for attempt in range(1, attempts + 1):
-        probe = f"probe {attempt} from this page"
+    for _ in range(attempts):
+        # Numbered across the whole run: a probe shown earlier (before a restart, say) never passes for this one.
+        probe = f"probe {next(PROBES)} from this page"
         await page.fill("#to", recipient)
         await page.fill("#message", probe)
         await page.click("#send-form button")
