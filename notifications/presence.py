@@ -25,8 +25,13 @@ def _cutoff() -> CombinedExpression:
     return Now() - timedelta(seconds=conf.STALE_AFTER)
 
 
+def _live_registrations() -> QuerySet[Registration]:
+    """Registrations of connections whose process still beats its heartbeat."""
+    return Registration.objects.filter(connection__process__heartbeat_at__gte=_cutoff())
+
+
 def _registrations(recipient: str) -> QuerySet[Registration]:
-    return Registration.objects.filter(recipient=recipient, connection__process__heartbeat_at__gte=_cutoff())
+    return _live_registrations().filter(recipient=recipient)
 
 
 def is_online(recipient: str) -> bool:
@@ -44,7 +49,8 @@ def connection_counts(recipients: Iterable[str]) -> dict[str, int]:
     wanted = set(recipients)
     counts = dict.fromkeys(wanted, 0)
     rows = (
-        Registration.objects.filter(recipient__in=wanted, connection__process__heartbeat_at__gte=_cutoff())
+        _live_registrations()
+        .filter(recipient__in=wanted)
         .values("recipient")
         .annotate(n=Count("id"))
         .values_list("recipient", "n")
@@ -60,12 +66,7 @@ def registered_connection_count() -> int:
 
 def registered_ids() -> list[str]:
     """Every id that at least one live connection registered."""
-    return list(
-        Registration.objects.filter(connection__process__heartbeat_at__gte=_cutoff())
-        .values_list("recipient", flat=True)
-        .distinct()
-        .order_by("recipient")
-    )
+    return list(_live_registrations().values_list("recipient", flat=True).distinct().order_by("recipient"))
 
 
 # Through database_sync_to_async rather than the async ORM: it closes the worker
