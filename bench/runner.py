@@ -35,7 +35,7 @@ SENDERS = 10
 VARIANTS = {
     "library-pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
     "library-redis": "channels_redis.core.RedisChannelLayer",
-    "in-memory": "notifications.layers.InMemoryLayer",
+    "in-memory": "notifications.layers.memory.InMemoryLayer",
 }
 SERVERS = ["baseline", "project", *VARIANTS]
 SCENARIOS = ["mass", "idle", "relay"]

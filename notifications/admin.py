@@ -7,24 +7,22 @@ the selected connections through :mod:`notifications.sending`.
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.db.models import Count, QuerySet
-from django.db.models.functions import Now
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.timesince import timesince
 
-from notifications.conf import conf
+from notifications.exceptions import DeliveryFailed, InvalidNotification
 from notifications.models import Connection, ServerProcess
-from notifications.protocol import InvalidNotification, message_text
-from notifications.sending import DeliveryFailed, send_to_connections
+from notifications.protocol import message_text
+from notifications.sending import send_to_connections
 
 # One id shown in the list is cut here; the detail page shows them whole.
 SHOWN_ID_LENGTH = 40
@@ -135,8 +133,10 @@ class ConnectionAdmin(ReadOnlyAdmin):
         return request.user.has_perm(f"{opts.app_label}.send_notification")
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
-        totals = Connection.objects.aggregate(connections=Count("pk"), registered=Count("registered_at"))
-        extra_context = {**(extra_context or {}), "totals": totals, "processes": ServerProcess.objects.count()}
+        # Live processes only: the rows of a dead one are about to be purged.
+        totals = Connection.objects.alive().aggregate(connections=Count("pk"), registered=Count("registered_at"))
+        processes = ServerProcess.objects.alive().count()
+        extra_context = {**(extra_context or {}), "totals": totals, "processes": processes}
         return super().changelist_view(request, extra_context)
 
     @admin.action(description="Send a message to the selected connections", permissions=["send_notification"])
@@ -188,7 +188,7 @@ class ServerProcessAdmin(ReadOnlyAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[ServerProcess]:
         # The database's now, by which clock the processes write their heartbeats:
         # this host's clock may differ from theirs.
-        return super().get_queryset(request).annotate(connection_count=Count("connections"), database_now=Now())
+        return super().get_queryset(request).with_liveness().annotate(connection_count=Count("connections"))
 
     @admin.display(description="connections", ordering="connection_count")
     def connections(self, obj: ServerProcess) -> str:
@@ -197,8 +197,7 @@ class ServerProcessAdmin(ReadOnlyAdmin):
 
     @admin.display(description="status")
     def status(self, obj: ServerProcess) -> str:
-        age = obj.database_now - obj.heartbeat_at
-        if age > timedelta(seconds=conf.STALE_AFTER):
-            since = timesince(obj.heartbeat_at, obj.database_now)
-            return f"no heartbeat for {since}: purged at the next heartbeat of any process"
-        return "alive"
+        if obj.is_alive:  # type: ignore[attr-defined]  (annotated by with_liveness())
+            return "alive"
+        since = timesince(obj.heartbeat_at, obj.database_now)  # type: ignore[attr-defined]
+        return f"no heartbeat for {since}: purged at the next heartbeat of any process"

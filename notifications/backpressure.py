@@ -1,21 +1,31 @@
-"""Know when a client has stopped reading, so that its notifications cannot pile up without bound.
+"""A client that stops reading: know it, hold its notifications up to a bound, send them when it reads again.
 
 ASGI has no flow control for ``websocket.send``: daphne hands every frame to
 Twisted, whose transport buffers whatever the socket does not take. A client
 that stops reading would make that buffer, and the server's memory, grow with
 every notification sent to it. Twisted's producer API says when a
 transport's buffer is full (``pauseProducing``) and when it has drained
-(``resumeProducing``); :func:`watch` registers for it on daphne's protocol.
+(``resumeProducing``); :func:`watch` registers for it on daphne's protocol,
+and :class:`Backlog` holds what waits for such a client.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.web.http import HTTPChannel
 from zope.interface import implementer
+
+from notifications import metrics
+from notifications.conf import conf
+from notifications.protocol import describe
+
+logger = logging.getLogger(__name__)
 
 
 @implementer(IPushProducer)
@@ -65,3 +75,66 @@ def watch(send: Any) -> WriteWindow | None:
     except RuntimeError:  # a producer is already registered, or the connection is gone
         return None
     return window
+
+
+class Backlog:
+    """Notifications for one connection, sent at once while its client reads, held while it does not.
+
+    While the client's socket and Twisted's 64 KiB buffer are full, up to
+    ``NOTIFICATIONS_MAX_QUEUED_MESSAGES`` wait here, in order; beyond that,
+    new ones are dropped, counted and logged. The connection stays open:
+    clients in the field never reconnect, one that is merely slow gets
+    everything after it catches up, and one that is gone is dropped by the
+    keep-alive ping.
+    """
+
+    def __init__(self, send_text: Callable[[str], Awaitable[None]], window: WriteWindow | None, who: str) -> None:
+        self._send_text = send_text
+        self._window = window
+        self._who = who  # for the log: the connection's temporary id
+        self._waiting: deque[str] = deque()
+        self._dropped = 0  # since the client stopped reading
+        self._drainer: asyncio.Future[None] | None = None
+        if window is not None:
+            window.on_resume = self._drain_soon
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    async def send(self, text: str, recipient: object = None) -> None:
+        """Send ``text`` now if the client reads and nothing waits before it; else hold or drop it."""
+        window = self._window
+        if window is None or not (window.paused or self._waiting):
+            await self._send_text(text)
+            return
+        if len(self._waiting) < conf.MAX_QUEUED_MESSAGES:
+            self._waiting.append(text)
+            if not window.paused:
+                self._drain_soon()
+            return
+        self._dropped += 1
+        metrics.counters[metrics.UNDELIVERABLE] += 1
+        metrics.counters[metrics.NOT_READING] += 1
+        logger.warning(
+            "Undeliverable notification for %s: client %s is not reading (%d notifications waiting)",
+            describe(recipient) if isinstance(recipient, str) else "an unknown recipient",
+            self._who,
+            len(self._waiting),
+        )
+
+    def discard(self) -> int:
+        """Forget what still waits (the client left); how many were waiting."""
+        count = len(self._waiting)
+        self._waiting.clear()
+        return count
+
+    def _drain_soon(self) -> None:
+        if self._waiting and (self._drainer is None or self._drainer.done()):
+            self._drainer = asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        while self._waiting and self._window is not None and not self._window.paused:
+            await self._send_text(self._waiting.popleft())
+        if not self._waiting and self._dropped:
+            logger.warning("Client %s reads again; %d notifications were dropped meanwhile", self._who, self._dropped)
+            self._dropped = 0

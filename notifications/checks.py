@@ -1,40 +1,69 @@
-"""System checks: misconfiguration stops start-up with one clear line."""
+"""System checks: every app setting's type and range, one stable id per problem.
+
+``manage.py check`` reports them, and :func:`notifications.server.start_server`
+refuses to start a server process on any error. The ids are listed in the
+README's settings table; a test asserts the exact list.
+"""
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import ERROR, CheckMessage, Error, Tags, register, run_checks
-from django.core.exceptions import ImproperlyConfigured
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
 from notifications.conf import conf
 
+MIN_API_KEY_LENGTH = 32
+# Channels' group names: ASCII letters, digits, hyphens, underscores and periods, under 100 characters.
+GROUP_NAME_CHARACTERS = re.compile(r"[a-zA-Z0-9_.-]*")
+HASHED_ID_LENGTH = 64  # protocol.group_name() appends a SHA-256 hex digest
+SEND_THROUGH_CHOICES = ("auto", "layer", "server")
+OWN_LAYERS = ("notifications.layers.memory.InMemoryLayer", "notifications.layers.redis.RedisPubSubLayer")
 
-@register(Tags.security, deploy=True)
-def check_secret_key(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    try:
-        key = settings.SECRET_KEY
-    except ImproperlyConfigured:  # Django refuses to hand out an empty key
-        key = ""
-    if not settings.DEBUG and not key:
-        return [
-            Error(
-                "DJANGO_SECRET_KEY is not set and DJANGO_DEBUG is off.",
-                hint="Set DJANGO_SECRET_KEY to a long random string, or DJANGO_DEBUG=1 for development.",
-                id="notifications.E001",
-            )
-        ]
-    return []
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_seconds(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _positive_int(name: str, value: object, id: str) -> list[CheckMessage]:
+    if _is_int(value) and value >= 1:  # type: ignore[operator]
+        return []
+    return [Error(f"NOTIFICATIONS_{name} is {value!r}; it must be a whole number, at least 1.", id=id)]
+
+
+def _seconds(name: str, value: object, id: str) -> list[CheckMessage]:
+    if _is_seconds(value):
+        return []
+    return [Error(f"NOTIFICATIONS_{name} is {value!r}; it must be a positive number of seconds.", id=id)]
+
+
+def _list_of_strings(value: object) -> bool:
+    return isinstance(value, list | tuple) and all(isinstance(item, str) for item in value)
 
 
 @register()
 def check_allowed_origins(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    origins = conf.ALLOWED_ORIGINS
+    if not _list_of_strings(origins):
+        return [
+            Error(
+                f"NOTIFICATIONS_ALLOWED_ORIGINS is {origins!r}; it must be a list of strings.",
+                hint='For example ["https://app.example.com", ".example.org"], or ["*"] to allow any origin.',
+                id="notifications.E001",
+            )
+        ]
     errors: list[CheckMessage] = []
-    for origin in conf.ALLOWED_ORIGINS:
+    for origin in origins:
         if origin in {"*", "null"}:
             continue
-        if not isinstance(origin, str) or "://" in origin and origin.count("/") > 2:
+        if not origin or "://" in origin and origin.count("/") > 2:
             errors.append(
                 Error(
                     f"NOTIFICATIONS_ALLOWED_ORIGINS holds {origin!r}, which is not an origin.",
@@ -47,82 +76,146 @@ def check_allowed_origins(app_configs: Any = None, **kwargs: Any) -> list[CheckM
 
 @register()
 def check_limits(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    errors: list[CheckMessage] = []
-    for name, value in (
-        ("NOTIFICATIONS_MAX_RECIPIENT_LENGTH", conf.MAX_RECIPIENT_LENGTH),
-        ("NOTIFICATIONS_MAX_IDS_PER_CONNECTION", conf.MAX_IDS_PER_CONNECTION),
-        ("NOTIFICATIONS_MAX_QUEUED_MESSAGES", conf.MAX_QUEUED_MESSAGES),
-        ("NOTIFICATIONS_API_MAX_BODY", conf.API_MAX_BODY),
-        ("NOTIFICATIONS_API_MAX_BATCH", conf.API_MAX_BATCH),
-    ):
-        if value < 1:
-            errors.append(Error(f"{name} is {value}; it must be at least 1.", id="notifications.E003"))
-    from notifications.models import Registration
+    errors = [
+        *_positive_int("MAX_RECIPIENT_LENGTH", conf.MAX_RECIPIENT_LENGTH, "notifications.E003"),
+        *_positive_int("MAX_IDS_PER_CONNECTION", conf.MAX_IDS_PER_CONNECTION, "notifications.E005"),
+        *_positive_int("MAX_QUEUED_MESSAGES", conf.MAX_QUEUED_MESSAGES, "notifications.E006"),
+        *_positive_int("API_MAX_BODY", conf.API_MAX_BODY, "notifications.E017"),
+        *_positive_int("API_MAX_BATCH", conf.API_MAX_BATCH, "notifications.E018"),
+    ]
+    if _is_int(conf.MAX_RECIPIENT_LENGTH):
+        from notifications.models import Registration
 
-    column = Registration._meta.get_field("recipient").max_length
-    if column < conf.MAX_RECIPIENT_LENGTH:
-        # The registry stores every registered id; a longer one would fail its writes.
+        column = Registration._meta.get_field("recipient").max_length or 0
+        if column < conf.MAX_RECIPIENT_LENGTH:
+            # The registry stores every registered id; a longer one would fail its writes.
+            errors.append(
+                Error(
+                    f"NOTIFICATIONS_MAX_RECIPIENT_LENGTH is {conf.MAX_RECIPIENT_LENGTH}; the registry stores "
+                    f"at most {column} characters.",
+                    id="notifications.E004",
+                )
+            )
+    return errors
+
+
+@register()
+def check_group_prefix(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    prefix = conf.GROUP_PREFIX
+    if isinstance(prefix, str) and GROUP_NAME_CHARACTERS.fullmatch(prefix) and len(prefix) + HASHED_ID_LENGTH < 100:
+        return []
+    return [
+        Error(
+            f"NOTIFICATIONS_GROUP_PREFIX is {prefix!r}; it must be a string of ASCII letters, digits, '-', '_' "
+            f"and '.', at most {99 - HASHED_ID_LENGTH} characters (channel-layer group names).",
+            id="notifications.E007",
+        )
+    ]
+
+
+@register()
+def check_registry(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    if not isinstance(conf.REGISTRY_ENABLED, bool):
         errors.append(
             Error(
-                f"NOTIFICATIONS_MAX_RECIPIENT_LENGTH is {conf.MAX_RECIPIENT_LENGTH}; the registry stores at most "
-                f"{column} characters.",
-                id="notifications.E003",
+                f"NOTIFICATIONS_REGISTRY_ENABLED is {conf.REGISTRY_ENABLED!r}; it must be True or False.",
+                id="notifications.E008",
+            )
+        )
+    flush, heartbeat, stale = conf.REGISTRY_FLUSH_INTERVAL, conf.HEARTBEAT_INTERVAL, conf.STALE_AFTER
+    errors += _seconds("REGISTRY_FLUSH_INTERVAL", flush, "notifications.E009")
+    errors += _seconds("HEARTBEAT_INTERVAL", heartbeat, "notifications.E010")
+    errors += _seconds("STALE_AFTER", stale, "notifications.E011")
+    if _is_seconds(heartbeat) and _is_seconds(stale) and stale < 2 * heartbeat:
+        # One late heartbeat (a busy database, a pause) must not get a live process purged.
+        errors.append(
+            Error(
+                f"NOTIFICATIONS_STALE_AFTER ({stale} s) is less than twice NOTIFICATIONS_HEARTBEAT_INTERVAL "
+                f"({heartbeat} s): live processes would be purged.",
+                hint="Set NOTIFICATIONS_STALE_AFTER to at least twice NOTIFICATIONS_HEARTBEAT_INTERVAL.",
+                id="notifications.E012",
             )
         )
     return errors
 
 
-MIN_API_KEY_LENGTH = 32
+@register()
+def check_sending(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    if conf.SEND_THROUGH not in SEND_THROUGH_CHOICES:
+        errors.append(
+            Error(
+                f"NOTIFICATIONS_SEND_THROUGH is {conf.SEND_THROUGH!r}; it must be one of "
+                f"{', '.join(map(repr, SEND_THROUGH_CHOICES))}.",
+                id="notifications.E013",
+            )
+        )
+    url = conf.SERVER_URL
+    if not (isinstance(url, str) and url.startswith(("ws://", "wss://")) and len(url) > len("wss://")):
+        errors.append(
+            Error(
+                f"NOTIFICATIONS_SERVER_URL is {url!r}; it must be a WebSocket address such as ws://127.0.0.1:8765/.",
+                id="notifications.E014",
+            )
+        )
+    return errors
 
 
 @register(Tags.security)
 def check_api_keys(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    keys = conf.API_KEYS
+    if not _list_of_strings(keys):
+        # Never show the value: it may hold a key, and this line ends up in logs.
+        return [
+            Error(
+                f"NOTIFICATIONS_API_KEYS is a {type(keys).__name__}; it must be a list of strings.",
+                id="notifications.E015",
+            )
+        ]
     # Never name the key itself: this line ends up in logs.
-    short = [index for index, key in enumerate(conf.API_KEYS, start=1) if len(key) < MIN_API_KEY_LENGTH]
+    short = [index for index, key in enumerate(keys, start=1) if len(key) < MIN_API_KEY_LENGTH]
     if short:
         return [
             Error(
-                f"NOTIFY_API_KEYS: key number {', '.join(map(str, short))} is shorter than {MIN_API_KEY_LENGTH} "
-                "characters, too easy to guess.",
+                f"NOTIFICATIONS_API_KEYS: key number {', '.join(map(str, short))} is shorter than "
+                f"{MIN_API_KEY_LENGTH} characters, too easy to guess.",
                 hint="Generate keys with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'",
-                id="notifications.E006",
+                id="notifications.E016",
             )
         ]
     return []
 
 
-def refuse_to_start_on_errors() -> None:
-    """Stop a server process whose configuration fails a check, one line per error.
-
-    ``runserver`` runs the system checks, daphne does not; the ASGI module calls
-    this. A server is a deployment, so the deployment checks run too (E001: a
-    management command such as ``notify`` needs no secret key, a server does).
-    """
-    errors = [message for message in run_checks(include_deployment_checks=True) if message.level >= ERROR]
-    if errors:
-        lines = [f"{m.id}: {m.msg}" + (f" {m.hint}" if m.hint else "") for m in errors]
-        raise SystemExit("Configuration error: " + "\nConfiguration error: ".join(lines))
+# What a channel layer other than the app's own loses, by what it is.
+def _foreign_layer_losses(backend: str) -> str:
+    if backend.endswith("InMemoryChannelLayer"):
+        return "registrations expire after its group_expiry (a day by default), and notifications that do not fit "
+    return "notifications that do not fit a connection's queue are dropped without being counted or logged, and "
 
 
 @register()
-def check_registry_timing(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    flush, heartbeat, stale = conf.REGISTRY_FLUSH_INTERVAL, conf.HEARTBEAT_INTERVAL, conf.STALE_AFTER
-    if min(flush, heartbeat, stale) <= 0:
+def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    layers = getattr(settings, "CHANNEL_LAYERS", None)
+    default = layers.get("default") if isinstance(layers, dict) else None
+    if not isinstance(default, dict) or not isinstance(default.get("BACKEND"), str):
         return [
             Error(
-                "NOTIFICATIONS_REGISTRY_FLUSH_INTERVAL, NOTIFICATIONS_HEARTBEAT_INTERVAL and "
-                f"NOTIFICATIONS_STALE_AFTER must be positive (they are {flush}, {heartbeat} and {stale}).",
-                id="notifications.E004",
+                "CHANNEL_LAYERS has no 'default' layer: notifications cannot be relayed.",
+                hint='Use {"default": {"BACKEND": "notifications.layers.memory.InMemoryLayer"}} for one process, '
+                "notifications.layers.redis.RedisPubSubLayer for several.",
+                id="notifications.E019",
             )
         ]
-    if stale < 2 * heartbeat:
-        # One late heartbeat (a busy database, a pause) must not get a live process purged.
-        return [
-            Error(
-                f"NOTIFICATIONS_STALE_AFTER ({stale} s) is less than twice NOTIFICATIONS_HEARTBEAT_INTERVAL "
-                f"({heartbeat} s): live processes would be purged.",
-                hint="Set NOTIFY_STALE_AFTER to at least twice NOTIFY_HEARTBEAT_INTERVAL.",
-                id="notifications.E005",
-            )
-        ]
-    return []
+    backend = default["BACKEND"]
+    if backend in OWN_LAYERS:
+        return []
+    return [
+        Warning(
+            f"CHANNEL_LAYERS['default'] is {backend}, not one of the app's layers: {_foreign_layer_losses(backend)}"
+            "each connection's queue may be unbounded or silently capped.",
+            hint="Use notifications.layers.memory.InMemoryLayer (one process) or "
+            "notifications.layers.redis.RedisPubSubLayer (Redis).",
+            id="notifications.W001",
+        )
+    ]

@@ -1,28 +1,55 @@
-"""The app's own settings, each with its default, read when used.
+"""The app's settings and their defaults, in one place.
 
-Reading lazily keeps ``override_settings`` working in tests.
+Each property returns the raw value of the Django setting, or the default
+when it is unset; :mod:`notifications.checks` checks every value's type and
+range at start-up, so code that reads them may trust them. Reading on every
+use keeps ``override_settings`` working.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
+
+# The defaults, by setting name without the NOTIFICATIONS_ prefix.
+DEFAULTS: dict[str, Any] = {
+    "ALLOWED_ORIGINS": ["*"],
+    "MAX_RECIPIENT_LENGTH": 255,
+    "MAX_IDS_PER_CONNECTION": 16,
+    "MAX_QUEUED_MESSAGES": 1000,
+    "GROUP_PREFIX": "notify.",
+    "REGISTRY_ENABLED": True,
+    "REGISTRY_FLUSH_INTERVAL": 0.2,
+    "HEARTBEAT_INTERVAL": 10.0,
+    "STALE_AFTER": 30.0,
+    "SEND_THROUGH": "auto",
+    "SERVER_URL": "ws://127.0.0.1:8765/",
+    "API_KEYS": [],
+    "API_MAX_BODY": 1024 * 1024,
+    "API_MAX_BATCH": 1000,
+}
+
+
+def _get(name: str) -> Any:
+    return getattr(settings, f"NOTIFICATIONS_{name}", DEFAULTS[name])
 
 
 class Settings:
     @property
     def ALLOWED_ORIGINS(self) -> list[str]:
         """Origins allowed to open the WebSocket; ``*`` allows any, ``null`` pages from disk."""
-        return list(getattr(settings, "NOTIFICATIONS_ALLOWED_ORIGINS", ["*"]))
+        return _get("ALLOWED_ORIGINS")  # type: ignore[no-any-return]
 
     @property
     def MAX_RECIPIENT_LENGTH(self) -> int:
         """Longest recipient id accepted, in characters (code points)."""
-        return int(getattr(settings, "NOTIFICATIONS_MAX_RECIPIENT_LENGTH", 255))
+        return _get("MAX_RECIPIENT_LENGTH")  # type: ignore[no-any-return]
 
     @property
     def MAX_IDS_PER_CONNECTION(self) -> int:
         """How many ids one connection may register; further ones are refused and logged."""
-        return int(getattr(settings, "NOTIFICATIONS_MAX_IDS_PER_CONNECTION", 16))
+        return _get("MAX_IDS_PER_CONNECTION")  # type: ignore[no-any-return]
 
     @property
     def MAX_QUEUED_MESSAGES(self) -> int:
@@ -32,27 +59,27 @@ class Settings:
         (the connection stays open), so that a stuck client cannot grow the
         server's memory.
         """
-        return int(getattr(settings, "NOTIFICATIONS_MAX_QUEUED_MESSAGES", 1000))
+        return _get("MAX_QUEUED_MESSAGES")  # type: ignore[no-any-return]
 
     @property
     def GROUP_PREFIX(self) -> str:
         """Prefix of the channel-layer group names that recipients map to."""
-        return str(getattr(settings, "NOTIFICATIONS_GROUP_PREFIX", "notify."))
+        return _get("GROUP_PREFIX")  # type: ignore[no-any-return]
 
     @property
     def REGISTRY_ENABLED(self) -> bool:
         """Whether server processes record their live connections in the database."""
-        return bool(getattr(settings, "NOTIFICATIONS_REGISTRY_ENABLED", True))
+        return _get("REGISTRY_ENABLED")  # type: ignore[no-any-return]
 
     @property
     def REGISTRY_FLUSH_INTERVAL(self) -> float:
         """Seconds a process gathers connection events before writing them in one transaction."""
-        return float(getattr(settings, "NOTIFICATIONS_REGISTRY_FLUSH_INTERVAL", 0.2))
+        return _get("REGISTRY_FLUSH_INTERVAL")  # type: ignore[no-any-return]
 
     @property
     def HEARTBEAT_INTERVAL(self) -> float:
         """Seconds between a process's heartbeats (also when it purges stale processes)."""
-        return float(getattr(settings, "NOTIFICATIONS_HEARTBEAT_INTERVAL", 10.0))
+        return _get("HEARTBEAT_INTERVAL")  # type: ignore[no-any-return]
 
     @property
     def STALE_AFTER(self) -> float:
@@ -60,27 +87,39 @@ class Settings:
 
         Rows of a killed process vanish within ``STALE_AFTER + HEARTBEAT_INTERVAL``.
         """
-        return float(getattr(settings, "NOTIFICATIONS_STALE_AFTER", 30.0))
+        return _get("STALE_AFTER")  # type: ignore[no-any-return]
+
+    @property
+    def SEND_THROUGH(self) -> str:
+        """How :func:`notifications.sending.send` hands notifications over.
+
+        ``"layer"``: the channel layer. ``"server"``: the running server's
+        WebSocket at ``SERVER_URL``. ``"auto"``: the channel layer, unless it
+        is the in-memory one and this process is not a server (it did not call
+        :func:`notifications.server.start_server`): publishing into its own
+        memory would reach nobody.
+        """
+        return _get("SEND_THROUGH")  # type: ignore[no-any-return]
 
     @property
     def SERVER_URL(self) -> str:
-        """WebSocket address of the server, used by ``notify`` when the layer is process-local."""
-        return str(getattr(settings, "NOTIFICATIONS_SERVER_URL", "ws://127.0.0.1:8765/"))
+        """WebSocket address of the server, used when sending through the server's WebSocket."""
+        return _get("SERVER_URL")  # type: ignore[no-any-return]
 
     @property
     def API_KEYS(self) -> list[str]:
         """Keys accepted by the HTTP push endpoint; with none, the endpoint answers 404."""
-        return list(getattr(settings, "NOTIFICATIONS_API_KEYS", []))
+        return _get("API_KEYS")  # type: ignore[no-any-return]
 
     @property
     def API_MAX_BODY(self) -> int:
         """Largest request body the HTTP push endpoint reads, in bytes; larger ones get 413."""
-        return int(getattr(settings, "NOTIFICATIONS_API_MAX_BODY", 1024 * 1024))
+        return _get("API_MAX_BODY")  # type: ignore[no-any-return]
 
     @property
     def API_MAX_BATCH(self) -> int:
         """Most notifications in one request to the HTTP push endpoint."""
-        return int(getattr(settings, "NOTIFICATIONS_API_MAX_BATCH", 1000))
+        return _get("API_MAX_BATCH")  # type: ignore[no-any-return]
 
 
 conf = Settings()

@@ -1,37 +1,37 @@
-"""The WebSocket endpoint: protocol v1 (PROTOCOL.md) over Channels groups."""
+"""The WebSocket consumers: protocol v1 (PROTOCOL.md) over Channels groups, and the refusal of other paths."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
 import logging
 import uuid
-from collections import deque
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from channels.consumer import get_handler_name
-from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
-from channels.layers import get_channel_layer
 
 from notifications import backpressure, metrics
 from notifications.conf import conf
+from notifications.dispatch import SerialDispatchMixin
+from notifications.exceptions import DeliveryFailed
 from notifications.protocol import GREETING, Register, Relay, broadcast_group, describe, group_name, parse_frame
 from notifications.registry import registry
-from notifications.sending import DeliveryFailed, deliver
+from notifications.sending.delivery import deliver
 
 logger = logging.getLogger(__name__)
 
+# 1013 (try again later) moved into the application range, the only one
+# daphne's WebSocket library lets an application send.
 CLOSE_TRY_AGAIN_LATER = 4013
 
-# Where a consumer's messages come from: the client (ASGI receive) or the channel layer.
-Source = Callable[[], Awaitable[dict[str, Any]]]
-Sink = Callable[[dict[str, Any]], Awaitable[None]]
+
+def _header(scope: dict[str, Any], name: bytes) -> str:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            # HTTP header values are bytes; latin-1 decodes any of them.
+            return str(value.decode("latin-1"))
+    return ""
 
 
-class NotificationConsumer(AsyncWebsocketConsumer):
+class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
     """Greets, registers ids as channel-layer groups, and relays notifications.
 
     Registering the id ``X`` joins the group :func:`~notifications.protocol.group_name`
@@ -44,89 +44,25 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         self.temp_id = uuid.uuid4().hex
         self.recipients: dict[str, str] = {}  # id -> group name, in registration order
         self.in_broadcast = False  # joined the broadcast group (with the first registration)
-        # Notifications waiting while the client's socket takes nothing (see _hold).
-        self.backlog: deque[str] = deque()
-        self.window: backpressure.WriteWindow | None = None
-        self.dropped = 0  # notifications dropped since the client stopped reading
-        self.drainer: asyncio.Future[None] | None = None
-
-    async def __call__(self, scope: dict[str, Any], receive: Source, send: Sink) -> None:
-        # Channels' AsyncConsumer.__call__, with another loop around dispatch():
-        # its await_many_dispatch() creates a task and runs asyncio.wait() for
-        # every message, twice per relayed notification (sender and recipient).
-        # Measured with ``python -m bench``: this loop costs the server about
-        # 15% less CPU per relayed message at saturation.
-        self.scope = scope
-        self.channel_layer = get_channel_layer(self.channel_layer_alias)
-        sources: list[Source] = [receive]
-        if self.channel_layer is not None:
-            self.channel_name = await self.channel_layer.new_channel()
-            self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
-            sources.append(self.channel_receive)
-        self.base_send = send
-        with contextlib.suppress(StopConsumer):
-            await self._dispatch_from(sources)
-
-    async def _dispatch_from(self, sources: list[Source]) -> None:
-        """Dispatch what each source yields, one message at a time, until a handler raises.
-
-        One long-lived task reads each source, as await_many_dispatch() does
-        with a task per message; a lock keeps handlers from overlapping, and
-        once a handler has raised (StopConsumer after a disconnect, or an
-        error) no other message is dispatched.
-        """
-        turn = asyncio.Lock()
-        stopped = False
-
-        async def read(source: Source) -> None:
-            nonlocal stopped
-            try:
-                while True:
-                    message = await source()
-                    async with turn:
-                        if stopped:
-                            return
-                        await self.dispatch(message)
-            except BaseException:
-                stopped = True
-                raise
-
-        readers = [asyncio.ensure_future(read(source)) for source in sources]
-        try:
-            done, _ = await asyncio.wait(readers, return_when=asyncio.FIRST_COMPLETED)
-            for reader in done:
-                reader.result()
-        finally:
-            for reader in readers:
-                reader.cancel()
-            await asyncio.wait(readers)
-            for reader in readers:
-                if not reader.cancelled():
-                    reader.exception()  # retrieved: the first error has been raised above
-
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        # Channels runs close_old_connections() in a worker thread before every
-        # handler, a thread hop per frame and per group event. No handler here
-        # touches the database on the event loop (DB work goes through
-        # database_sync_to_async, which does its own connection housekeeping),
-        # so the hop is pure overhead on the relay path.
-        handler = getattr(self, get_handler_name(message), None)
-        if handler is None:
-            raise ValueError(f"No handler for message type {message['type']}")
-        await handler(message)
+        self.backlog: backpressure.Backlog | None = None
 
     async def connect(self) -> None:
         await self.accept()
-        self.window = backpressure.watch(self.base_send)
-        if self.window is not None:
-            self.window.on_resume = self._drain_soon
+        self.backlog = backpressure.Backlog(self._send_text, backpressure.watch(self.base_send), self.temp_id)
         await self.send(text_data=GREETING)
-        registry.connected(self.temp_id, self.channel_name, self.scope)
+        client = self.scope.get("client")
+        registry.connected(
+            self.temp_id,
+            self.channel_name,
+            client_address=str(client[0]) if client else "",
+            user_agent=_header(self.scope, b"user-agent"),
+            origin=_header(self.scope, b"origin"),
+        )
         metrics.counters[metrics.CONNECTIONS_OPEN] += 1
         logger.info(
             "Client %s connected from %s. Connections total: %d",
             self.temp_id,
-            self._peer(),
+            f"{client[0]}:{client[1]}" if client else "an unknown address",
             metrics.counters[metrics.CONNECTIONS_OPEN],
         )
 
@@ -134,10 +70,10 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         registry.disconnected(self.temp_id)  # first: even if leaving a group fails
         for group in self._groups():
             await self.channel_layer.group_discard(group, self.channel_name)
-        if self.backlog:  # the client left before it read them
-            metrics.counters[metrics.UNDELIVERABLE] += len(self.backlog)
-            logger.warning("Client %s left with %d notifications unsent", self.temp_id, len(self.backlog))
-            self.backlog.clear()
+        unsent = self.backlog.discard() if self.backlog is not None else 0
+        if unsent:  # the client left before it read them
+            metrics.counters[metrics.UNDELIVERABLE] += unsent
+            logger.warning("Client %s left with %d notifications unsent", self.temp_id, unsent)
         metrics.counters[metrics.CONNECTIONS_OPEN] -= 1
         logger.info(
             "Client %s disconnected (code %s, %d ids). Connections total: %d",
@@ -191,9 +127,7 @@ class NotificationConsumer(AsyncWebsocketConsumer):
             # The channel layer is unreachable (Redis down). The protocol has no
             # way to say so, and a connection that looks registered but receives
             # nothing is the worst outcome: close it, so that a client that
-            # reconnects can try again, with one line in the log. The code is
-            # 1013 (try again later) moved into the application range, the
-            # only one daphne's WebSocket library lets an application send.
+            # reconnects can try again, with one line in the log.
             logger.warning(
                 "Client %s could not register as %s: %s: %s; closing it (%d)",
                 self.temp_id,
@@ -208,45 +142,14 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         logger.info("Client %s registered as %s", self.temp_id, describe(recipient))
 
     async def notify_message(self, event: dict[str, Any]) -> None:
-        window = self.window
-        if window is None or not (window.paused or self.backlog):
-            await self.send(text_data=event["text"])
-            return
-        self._hold(event)
+        """A notification from the channel layer (:data:`notifications.sending.delivery.EVENT_TYPE`)."""
+        if self.backlog is None:  # not accepted yet
+            await self._send_text(event["text"])
+        else:
+            await self.backlog.send(event["text"], event.get("recipient"))
 
-    def _hold(self, event: dict[str, Any]) -> None:
-        # The client is not reading: its socket and Twisted's 64 KiB buffer are
-        # full. Up to NOTIFICATIONS_MAX_QUEUED_MESSAGES wait here, in order;
-        # beyond that, new ones are dropped, counted and logged. The connection
-        # stays open: clients in the field never reconnect, one that is merely
-        # slow gets everything after it catches up, and one that is gone is
-        # dropped by the keep-alive ping.
-        if len(self.backlog) < conf.MAX_QUEUED_MESSAGES:
-            self.backlog.append(event["text"])
-            if self.window is not None and not self.window.paused:
-                self._drain_soon()
-            return
-        self.dropped += 1
-        metrics.counters[metrics.UNDELIVERABLE] += 1
-        metrics.counters[metrics.NOT_READING] += 1
-        recipient = event.get("recipient")
-        logger.warning(
-            "Undeliverable notification for %s: client %s is not reading (%d notifications waiting)",
-            describe(recipient) if isinstance(recipient, str) else "an unknown recipient",
-            self.temp_id,
-            len(self.backlog),
-        )
-
-    def _drain_soon(self) -> None:
-        if self.backlog and (self.drainer is None or self.drainer.done()):
-            self.drainer = asyncio.ensure_future(self._drain())
-
-    async def _drain(self) -> None:
-        while self.backlog and self.window is not None and not self.window.paused:
-            await self.send(text_data=self.backlog.popleft())
-        if not self.backlog and self.dropped:
-            logger.warning("Client %s reads again; %d notifications were dropped meanwhile", self.temp_id, self.dropped)
-            self.dropped = 0
+    async def _send_text(self, text: str) -> None:
+        await self.send(text_data=text)
 
     def _groups(self) -> list[str]:
         """The groups this connection joined: its ids', and the broadcast group once it registered one."""
@@ -259,6 +162,10 @@ class NotificationConsumer(AsyncWebsocketConsumer):
         metrics.counters[metrics.REJECTED_FRAMES] += 1
         logger.warning("Client %s sent a frame that was ignored: %s", self.temp_id, reason)
 
-    def _peer(self) -> str:
-        client = self.scope.get("client")
-        return f"{client[0]}:{client[1]}" if client else "an unknown address"
+
+class UnknownPath(AsyncWebsocketConsumer):
+    """Any other path: the handshake is refused (HTTP 403) with one log line, not a traceback."""
+
+    async def connect(self) -> None:
+        logger.warning("Refused a WebSocket to the unknown path %s", describe(self.scope.get("path", "")))
+        await self.close()

@@ -3,11 +3,112 @@
 Each daphne process writes its own rows (see :mod:`notifications.registry`)
 and announces itself with a heartbeat; rows of a process whose heartbeat
 stopped are purged, so the tables stay true across processes and crashes.
+
+Whether a process is alive is decided here, once: its heartbeat is younger
+than ``NOTIFICATIONS_STALE_AFTER`` by the database's clock (which wrote the
+heartbeat; the hosts' clocks may differ). Presence, the purge and the admin
+all use these querysets.
 """
 
 from __future__ import annotations
 
-from django.db import models
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from django.db import models, transaction
+from django.db.models.expressions import CombinedExpression
+from django.db.models.functions import Now
+
+from notifications.conf import conf
+
+# Rows per statement: well under every backend's limit on query parameters.
+CHUNK = 500
+
+T = TypeVar("T")
+
+
+def liveness_cutoff(stale_after: float | None = None) -> CombinedExpression:
+    """The oldest heartbeat of a live process, as an SQL expression on the database's clock."""
+    return Now() - timedelta(seconds=conf.STALE_AFTER if stale_after is None else stale_after)
+
+
+def chunks(items: Iterable[T], size: int = CHUNK) -> Iterator[list[T]]:
+    """``items`` in lists of at most ``size``."""
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+@dataclass(frozen=True)
+class PurgeResult:
+    processes: int
+    connections: int
+
+
+class ServerProcessQuerySet(models.QuerySet["ServerProcess"]):
+    def alive(self) -> ServerProcessQuerySet:
+        """Processes whose heartbeat is younger than ``NOTIFICATIONS_STALE_AFTER``."""
+        return self.filter(heartbeat_at__gte=liveness_cutoff())
+
+    def stale(self, stale_after: float | None = None) -> ServerProcessQuerySet:
+        """Processes whose heartbeat is older than ``stale_after`` seconds (default ``NOTIFICATIONS_STALE_AFTER``)."""
+        return self.filter(heartbeat_at__lt=liveness_cutoff(stale_after))
+
+    def with_liveness(self) -> ServerProcessQuerySet:
+        """Annotated with ``is_alive``, decided as :meth:`alive` decides it."""
+        return self.annotate(
+            is_alive=models.ExpressionWrapper(
+                models.Q(heartbeat_at__gte=liveness_cutoff()), output_field=models.BooleanField()
+            ),
+            database_now=Now(),
+        )
+
+    def purge(self) -> PurgeResult:
+        """Delete these processes with their connections and registrations, in one transaction.
+
+        Rows another process is purging right now are skipped (PostgreSQL;
+        SQLite serialises writers anyway) rather than waited for.
+        """
+        with transaction.atomic():
+            process_ids = list(self.select_for_update(skip_locked=True).values_list("pk", flat=True))
+            return purge_processes(process_ids)
+
+
+class ConnectionQuerySet(models.QuerySet["Connection"]):
+    def alive(self) -> ConnectionQuerySet:
+        """Connections of live processes."""
+        return self.filter(process__heartbeat_at__gte=liveness_cutoff())
+
+    def delete_by_ids(self, temp_ids: Iterable[str]) -> int:
+        """Delete these connections and their registrations, a chunk at a time; how many connections went."""
+        deleted = 0
+        for chunk in chunks(temp_ids):
+            Registration.objects.filter(connection_id__in=chunk).delete()
+            deleted += self.filter(pk__in=chunk).delete()[1].get(Connection._meta.label, 0)
+        return deleted
+
+
+class RegistrationQuerySet(models.QuerySet["Registration"]):
+    def alive(self) -> RegistrationQuerySet:
+        """Registrations of connections whose process still beats its heartbeat."""
+        return self.filter(connection__process__heartbeat_at__gte=liveness_cutoff())
+
+
+def purge_processes(process_ids: list[str]) -> PurgeResult:
+    """Delete these processes' rows (call inside a transaction that locked them)."""
+    connections = 0
+    for process_id in process_ids:
+        temp_ids = list(Connection.objects.filter(process_id=process_id).values_list("pk", flat=True))
+        connections += Connection.objects.delete_by_ids(temp_ids)
+    ServerProcess.objects.filter(pk__in=process_ids).delete()
+    return PurgeResult(processes=len(process_ids), connections=connections)
 
 
 class ServerProcess(models.Model):
@@ -25,6 +126,8 @@ class ServerProcess(models.Model):
     relayed = models.PositiveBigIntegerField("relayed", default=0)
     undeliverable = models.PositiveBigIntegerField("undeliverable", default=0)
     rejected_frames = models.PositiveBigIntegerField("ignored frames", default=0)
+
+    objects = ServerProcessQuerySet.as_manager()
 
     class Meta:
         ordering = ["host", "pid", "started_at"]
@@ -50,6 +153,8 @@ class Connection(models.Model):
     user_agent = models.CharField(max_length=512, blank=True)
     origin = models.CharField(max_length=255, blank=True)
 
+    objects = ConnectionQuerySet.as_manager()
+
     class Meta:
         ordering = ["-connected_at", "temp_id"]
         verbose_name = "live connection"
@@ -66,6 +171,8 @@ class Registration(models.Model):
     connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="registrations")
     recipient = models.CharField("id", max_length=255, db_index=True)
 
+    objects = RegistrationQuerySet.as_manager()
+
     class Meta:
         ordering = ["connection", "id"]
         verbose_name = "registration"
@@ -76,3 +183,9 @@ class Registration(models.Model):
 
     def __str__(self) -> str:
         return self.recipient
+
+
+def field_length(model: type[models.Model], name: str) -> int:
+    """The ``max_length`` of a character field, to cut client-chosen text to fit."""
+    field: Any = model._meta.get_field(name)
+    return int(field.max_length)

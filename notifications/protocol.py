@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 
 from notifications.conf import conf
+from notifications.exceptions import InvalidNotification
 
 GREETING = "..:: Hello from the Notification Center ::.."
 REGISTER_MESSAGE = "connected"
@@ -36,10 +37,6 @@ class Ignored:
 
 
 Action = Register | Relay | Ignored
-
-
-class InvalidNotification(ValueError):
-    """A recipient id or message that cannot be delivered; the text says why."""
 
 
 def _unencodable_reason(value: str) -> str | None:

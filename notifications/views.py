@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from pathlib import Path
 from typing import Any
 
 from django import forms
@@ -17,7 +18,10 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_safe
 
 from notifications.conf import conf
-from notifications.sending import DeliveryFailed, InvalidNotification, SendResult, asend_many, send
+from notifications.exceptions import DeliveryFailed, InvalidNotification
+from notifications.sending import SendResult, asend_many, send
+
+EXAMPLE_PAGE = Path(__file__).resolve().parent / "templates" / "notifications" / "example.html"
 
 
 @require_safe
@@ -27,8 +31,7 @@ def example(request: HttpRequest) -> HttpResponse:
     Sent as the file it is, never rendered as a template, so that the same file
     also works opened from disk.
     """
-    page = settings.BASE_DIR / "templates" / "notifications" / "example.html"
-    return HttpResponse(page.read_bytes(), content_type="text/html; charset=utf-8")
+    return HttpResponse(EXAMPLE_PAGE.read_bytes(), content_type="text/html; charset=utf-8")
 
 
 # The pattern to copy: a Django view that pushes a notification from a request handler.
@@ -57,7 +60,7 @@ def send_view(request: HttpRequest) -> HttpResponse:
                 messages.success(request, f"Sent to {recipient!r}: {result.live_connections} live connection(s).")
             else:
                 messages.warning(request, f"Sent to {recipient!r}, but no live connection is registered right now.")
-            return redirect("send")
+            return redirect("notifications:send")
     return render(request, "notifications/send.html", {"form": form})
 
 
@@ -107,7 +110,7 @@ async def api_notify(request: HttpRequest) -> HttpResponse:
     Answers ``{"results": [{"recipient_uuid": ..., "live_connections": N}, ...]}``.
     """
     if not conf.API_KEYS:
-        raise Http404("The HTTP push endpoint is off (NOTIFY_API_KEYS is not set).")
+        raise Http404("The HTTP push endpoint is off (NOTIFICATIONS_API_KEYS is empty).")
     if request.method != "POST":
         return _error(405, "use POST", Allow="POST")
     if not _authorized(request):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from django.core.asgi import get_asgi_application
+from django.core.exceptions import ImproperlyConfigured
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "notifyproject.settings")
 # Set up Django (apps, settings) before anything imports models or consumers.
@@ -12,15 +13,15 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from notifications.checks import refuse_to_start_on_errors  # noqa: E402
 from notifications.origins import NotificationOriginValidator  # noqa: E402
-from notifications.registry import registry  # noqa: E402
 from notifications.routing import websocket_urlpatterns  # noqa: E402
-from notifications.sending import mark_as_server  # noqa: E402
+from notifications.server import start_server  # noqa: E402
 
-refuse_to_start_on_errors()
-registry.start_with_daphne()
-mark_as_server()  # the in-memory layer of this process reaches the clients: send through it
+try:
+    start_server()  # the system checks, sending through this process's layer, the registry
+except ImproperlyConfigured as exc:
+    # One line per failed check on standard error, exit status 1: no traceback.
+    raise SystemExit("\n".join(f"Configuration error: {line}" for line in str(exc).splitlines())) from None
 
 application = ProtocolTypeRouter(
     {

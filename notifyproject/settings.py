@@ -11,68 +11,31 @@ from pathlib import Path
 
 import dj_database_url
 
+from notifyproject.environment import (
+    ConfigurationError,
+    app_settings,
+    env_bool,
+    env_int,
+    env_list,
+    env_log_level,
+    env_redis_url,
+)
+
 BASE_DIR = Path(__file__).resolve().parent.parent
+ENV = os.environ
 
+DEBUG = env_bool(ENV, "DJANGO_DEBUG", False)
 
-def config_error(message: str) -> SystemExit:
-    """A bad environment value stops start-up with one line, not a traceback."""
-    return SystemExit(f"Configuration error: {message}")
-
-
-def env_bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    value = raw.strip().lower()
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"0", "false", "no", "off"}:
-        return False
-    raise config_error(f"{name}={raw!r} is not a boolean; use 1/0, true/false, yes/no or on/off.")
-
-
-def env_list(name: str, default: list[str]) -> list[str]:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    return [item.strip() for item in raw.split(",") if item.strip()]
-
-
-def env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise config_error(f"{name}={raw!r} is not a whole number.") from None
-
-
-def env_seconds(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise config_error(f"{name}={raw!r} is not a positive number of seconds.")
-    return value
-
-
-DEBUG = env_bool("DJANGO_DEBUG", False)
-
-# A missing key with DEBUG off is reported by the system check notifications.E001,
-# which stops start-up with one line instead of a traceback.
+# A missing key with DEBUG off is reported by the system check notifyproject.E001,
+# which stops a server's start-up with one line instead of a traceback.
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
 if not SECRET_KEY and DEBUG:
     from django.core.management.utils import get_random_secret_key
 
     SECRET_KEY = get_random_secret_key()
 
-ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
-CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+ALLOWED_HOSTS = env_list(ENV, "DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list(ENV, "DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
     "daphne",
@@ -85,6 +48,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "notifications",
+    "notifyproject",  # the project's own system checks (notifyproject/checks.py)
 ]
 
 MIDDLEWARE = [
@@ -128,7 +92,9 @@ try:
         )
     }
 except ValueError as exc:
-    raise config_error(f"DATABASE_URL is not a database address ({exc}); use postgres://... or sqlite:///...") from None
+    raise ConfigurationError(
+        f"DATABASE_URL is not a database address ({exc}); use postgres://... or sqlite:///..."
+    ) from None
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Several daphne processes and bursts of connects share one file: WAL lets
     # readers run beside the writer, the busy timeout makes a writer wait instead
@@ -180,7 +146,7 @@ WHITENOISE_AUTOREFRESH = DEBUG
 # Behind nginx (deploy/nginx/notify.conf, which overwrites X-Forwarded-Proto),
 # the proxy terminates TLS. Trusted only in that mode: a client talking to
 # daphne directly could otherwise claim https.
-BEHIND_PROXY = env_bool("NOTIFY_BEHIND_PROXY", False)
+BEHIND_PROXY = env_bool(ENV, "NOTIFY_BEHIND_PROXY", False)
 if BEHIND_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
@@ -188,65 +154,43 @@ if BEHIND_PROXY:
 # session and CSRF cookies travel over https only, and browsers are told to
 # stay on https (HSTS). Behind the proxy, which says what the client used,
 # plain-http requests are also redirected to https.
-HTTPS = env_bool("DJANGO_HTTPS", False)
+HTTPS = env_bool(ENV, "DJANGO_HTTPS", False)
 if HTTPS:
     SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
-    SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 3600)
+    SECURE_HSTS_SECONDS = env_int(ENV, "DJANGO_HSTS_SECONDS", 3600)
     SECURE_SSL_REDIRECT = BEHIND_PROXY
 
 # Channel layers: the in-memory layer for one process (nothing to install),
 # Redis pub/sub through channels-redis when REDIS_URL is set (several daphne
 # processes on one or many hosts). See notifications/layers.py for why pub/sub.
-REDIS_URL = os.environ.get("REDIS_URL", "").strip()
-if REDIS_URL and not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
-    raise config_error(f"REDIS_URL={REDIS_URL!r} is not a Redis address; use redis://host:6379/0.")
+REDIS_URL = env_redis_url(ENV, "REDIS_URL")
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "notifications.layers.RedisPubSubLayer",
+            "BACKEND": "notifications.layers.redis.RedisPubSubLayer",
             "CONFIG": {"hosts": [REDIS_URL], "prefix": os.environ.get("REDIS_PREFIX", "notify")},
         }
     }
 else:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "notifications.layers.InMemoryLayer",
+            "BACKEND": "notifications.layers.memory.InMemoryLayer",
         }
     }
 
-# Origins allowed to open the WebSocket (comma-separated; "*" allows any,
-# "null" allows pages opened from disk). A missing Origin (Python and other
-# non-browser clients) is always accepted. See README, "Locking it down".
-NOTIFICATIONS_ALLOWED_ORIGINS = env_list("NOTIFY_ALLOWED_ORIGINS", ["*"])
-
-# Where `manage.py notify` finds the server when the channel layer is the
-# process-local in-memory one (bin/serve's address by default).
-NOTIFICATIONS_SERVER_URL = os.environ.get("NOTIFY_SERVER_URL", "").strip() or "ws://127.0.0.1:8765/"
-if not NOTIFICATIONS_SERVER_URL.startswith(("ws://", "wss://")):
-    raise config_error(
-        f"NOTIFY_SERVER_URL={NOTIFICATIONS_SERVER_URL!r} is not a WebSocket address; use ws://host:8765/."
-    )
-
-# API keys of the HTTP push endpoint POST /api/notify/ (comma-separated, sent as
-# "Authorization: Bearer <key>"). None configured: the endpoint answers 404.
-NOTIFICATIONS_API_KEYS = env_list("NOTIFY_API_KEYS", [])
+# The app's settings: each NOTIFY_<NAME> variable that is set becomes NOTIFICATIONS_<NAME>
+# (notifyproject/environment.py; the defaults are the app's, notifications/conf.py). The
+# README's settings table lists them: origins allowed to open the WebSocket
+# (NOTIFY_ALLOWED_ORIGINS), the API keys of POST /api/notify/ (NOTIFY_API_KEYS), the
+# registry's heartbeat (NOTIFY_HEARTBEAT_INTERVAL, NOTIFY_STALE_AFTER), where
+# `manage.py notify` finds the server on the in-memory layer (NOTIFY_SERVER_URL)...
+globals().update(app_settings(ENV))
 
 # The example view /send/ needs a logged-in user; this is where one logs in.
 LOGIN_URL = "login"
-LOGIN_REDIRECT_URL = "send"
+LOGIN_REDIRECT_URL = "notifications:send"
 
-# The live-connection registry (notifications/registry.py): each process beats a
-# heartbeat; the rows of a process silent for NOTIFY_STALE_AFTER seconds are purged.
-NOTIFICATIONS_HEARTBEAT_INTERVAL = env_seconds("NOTIFY_HEARTBEAT_INTERVAL", 10.0)
-NOTIFICATIONS_STALE_AFTER = env_seconds("NOTIFY_STALE_AFTER", 30.0)
-
-# Notifications that may wait for a client that stopped reading; newer ones are
-# dropped and counted (see notifications/conf.py).
-NOTIFICATIONS_MAX_QUEUED_MESSAGES = env_int("NOTIFY_MAX_QUEUED_MESSAGES", 1000)
-
-LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
-if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
-    raise config_error(f"LOG_LEVEL={LOG_LEVEL!r} is not a log level; use DEBUG, INFO, WARNING, ERROR or CRITICAL.")
+LOG_LEVEL = env_log_level(ENV, "LOG_LEVEL", "INFO")
 
 LOGGING = {
     "version": 1,

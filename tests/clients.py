@@ -8,8 +8,8 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
+from notifications.presence import aconnection_count
 from notifications.protocol import GREETING
-from notifications.sending import aconnection_count
 from tests.servers import eventually
 
 TIMEOUT = 10.0

@@ -55,7 +55,7 @@ def redis_url() -> Iterator[str]:
 @pytest.fixture
 def in_memory_layer(settings: pytest.FixtureRequest) -> None:
     """Consumer tests run on the embedded default layer, whatever the environment says."""
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "notifications.layers.InMemoryLayer"}}
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "notifications.layers.memory.InMemoryLayer"}}
 
 
 @pytest.fixture

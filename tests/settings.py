@@ -12,6 +12,9 @@ from notifyproject.settings import BASE_DIR, DATABASES  # noqa: E402
 # server; the registry is tested through real daphne processes, which use the
 # project's settings.
 NOTIFICATIONS_REGISTRY_ENABLED = False
+# The views the tests call in this process reach the consumers of this process
+# through its in-memory layer, as they would in a server process.
+NOTIFICATIONS_SEND_THROUGH = "layer"
 
 if DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3":
     # A test database of this checkout's own, so that suites of several

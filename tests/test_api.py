@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from notifications import sending
-from notifications.layers import InMemoryLayer
+from notifications.layers.memory import InMemoryLayer
 from notifications.models import Connection
 from tests.clients import open_client, post_json, receive, receives_nothing, register_confirmed, registry_counts
 from tests.servers import Daphne, free_port
@@ -22,8 +21,7 @@ URL = "/api/notify/"
 
 
 @pytest.fixture(autouse=True)
-def api_settings(settings: Any, in_memory_layer: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sending, "_serving", True)  # the views run here, as in a server process
+def api_settings(settings: Any, in_memory_layer: None) -> None:
     settings.NOTIFICATIONS_API_KEYS = [KEY, OTHER_KEY]
     settings.NOTIFICATIONS_REGISTRY_ENABLED = True  # the counts come from the registry's rows
 
@@ -132,7 +130,7 @@ def test_bad_input_gets_400_with_one_line(api: Client, body: object, error: str)
 def test_redis_down_gets_503_with_one_line(api: Client, settings: Any) -> None:
     settings.CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "notifications.layers.RedisPubSubLayer",
+            "BACKEND": "notifications.layers.redis.RedisPubSubLayer",
             "CONFIG": {"hosts": [f"redis://127.0.0.1:{free_port()}/0"]},
         }
     }

@@ -12,7 +12,7 @@ from channels.testing import WebsocketCommunicator
 
 from notifications import metrics
 from notifications.protocol import GREETING, group_name
-from notifyproject.asgi import application
+from tests.asgi import application
 
 pytestmark = pytest.mark.usefixtures("in_memory_layer")
 

@@ -10,7 +10,8 @@ import redis.asyncio as aioredis
 import redis.exceptions
 
 from notifications import metrics
-from notifications.layers import InMemoryLayer, RedisPubSubLayer
+from notifications.layers.memory import InMemoryLayer
+from notifications.layers.redis import RedisPubSubLayer
 from tests.servers import free_port, wait_until
 
 EVENT = "notify.message"

@@ -11,7 +11,8 @@ from websockets.exceptions import ConnectionClosed
 
 from notifications import metrics
 from notifications.consumers import CLOSE_TRY_AGAIN_LATER
-from notifications.sending import DeliveryFailed, asend
+from notifications.exceptions import DeliveryFailed
+from notifications.sending import asend
 from tests.clients import frame, open_client, register_confirmed
 from tests.servers import Daphne, RedisServer, free_port, wait_until
 
@@ -29,7 +30,7 @@ async def test_sending_while_redis_is_down_raises_counts_and_logs_the_id(
 ) -> None:
     settings.CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "notifications.layers.RedisPubSubLayer",
+            "BACKEND": "notifications.layers.redis.RedisPubSubLayer",
             "CONFIG": {"hosts": [f"redis://127.0.0.1:{free_port()}/0"]},
         }
     }

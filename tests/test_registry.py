@@ -15,9 +15,7 @@ from django.db.models.functions import Now
 
 from notifications.conf import conf
 from notifications.models import Connection, Registration, ServerProcess
-from notifications.presence import connection_counts
-from notifications.registry import purge_stale
-from notifications.sending import aconnection_count, ais_online, connection_count, is_online
+from notifications.presence import aconnection_count, ais_online, connection_count, connection_counts, is_online
 from tests.clients import open_client, register, register_confirmed
 from tests.servers import Daphne, eventually, skewed_clock
 
@@ -152,7 +150,7 @@ async def test_a_process_purged_while_alive_writes_its_rows_again(daphne_factory
     await eventually(until(lambda r: [row["ids"] for row in r.values()] == [["still-here"]], server), seconds=SOON)
     before = await rows(server)
 
-    result = await sync_to_async(purge_stale)(stale_after=0)  # as if it had missed its heartbeats
+    result = await sync_to_async(ServerProcess.objects.stale(0).purge)()  # as if it had missed its heartbeats
     assert result.connections == 1
     await eventually(until(lambda r: r.keys() == before.keys(), server), seconds=SOON)
     after = await rows(server)
@@ -308,7 +306,7 @@ def _heartbeats_either_side_of_the_bound() -> tuple[datetime, dict[str, int], se
         )
         Registration.objects.create(connection_id=name, recipient=name)
     counts = connection_counts(ages)
-    purge_stale()
+    ServerProcess.objects.stale().purge()
     return db_now, counts, set(ServerProcess.objects.values_list("pk", flat=True))
 
 

@@ -19,10 +19,11 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
 from django.test import AsyncClient
 
-from notifications import sending, views
-from notifications.protocol import GREETING, InvalidNotification
-from notifications.sending import DeliveryFailed, SendResult, abroadcast, asend, send
-from notifyproject.asgi import application
+from notifications import views
+from notifications.exceptions import DeliveryFailed, InvalidNotification
+from notifications.protocol import GREETING
+from notifications.sending import SendResult, abroadcast, asend, send
+from tests.asgi import application
 from tests.clients import AdminSession, open_client, receive, register_confirmed, registry_counts
 from tests.servers import ROOT, Daphne, free_port
 
@@ -87,7 +88,7 @@ async def redis_layer(settings: Any, redis_url: str, redis_prefix: str) -> Async
     """This process on the same Redis as the daphne processes; the environment to start them with."""
     settings.CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "notifications.layers.RedisPubSubLayer",
+            "BACKEND": "notifications.layers.redis.RedisPubSubLayer",
             "CONFIG": {"hosts": [redis_url], "prefix": redis_prefix},
         }
     }
@@ -165,7 +166,8 @@ async def test_code_in_another_process_reaches_clients_through_redis(
 async def test_code_outside_the_server_on_the_embedded_default_goes_through_the_server(
     daphne: Daphne, settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sending, "_serving", False)  # a shell or a worker, not the server
+    # This process never called start_server(): a shell or a worker, not the server.
+    settings.NOTIFICATIONS_SEND_THROUGH = "auto"
     settings.NOTIFICATIONS_SERVER_URL = daphne.url
     ws = await open_client(daphne.url)
     await register_confirmed(ws, "shell-user")
@@ -181,11 +183,11 @@ async def test_code_outside_the_server_on_the_embedded_default_goes_through_the_
 async def test_code_outside_the_server_says_when_no_server_runs(
     settings: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(sending, "_serving", False)
+    settings.NOTIFICATIONS_SEND_THROUGH = "auto"
     settings.NOTIFICATIONS_SERVER_URL = url = f"ws://127.0.0.1:{free_port()}/"
     with caplog.at_level(logging.WARNING, logger="notifications"), pytest.raises(DeliveryFailed, match=url):
         await asend("someone", "lost?")
-    (record,) = [r for r in caplog.records if r.name == "notifications.sending"]
+    (record,) = [r for r in caplog.records if r.name == "notifications.sending.through_server"]
     assert record.getMessage().startswith("Undeliverable: 1 notification(s) not handed to the server: cannot reach")
 
 

@@ -10,7 +10,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from notifications.conf import conf
-from notifications.sending import DeliveryFailed, InvalidNotification, SendResult, broadcast, send
+from notifications.exceptions import DeliveryFailed, InvalidNotification
+from notifications.sending import SendResult, broadcast, send
 
 USAGE_ERROR = 2  # as argparse exits for a usage mistake
 
@@ -23,7 +24,7 @@ def _refuse_constant(name: str) -> float:
 class Command(BaseCommand):
     help = (
         "Send MESSAGE to every connection registered as RECIPIENT (or, with --all, to every registered "
-        "connection). Goes through the channel layer when it reaches the server processes (REDIS_URL); "
+        "connection). Goes through the channel layer when it reaches the server processes (Redis); "
         "with the embedded in-memory layer it goes through the running server's WebSocket. "
         "Exits 0 once the message is handed over, 1 when it cannot be (no server, Redis down), "
         "2 for a mistake in the command line (arguments, id, message)."
@@ -46,7 +47,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--url",
             help="send through this server's WebSocket instead of the channel layer "
-            f"(with the in-memory layer the default is NOTIFY_SERVER_URL, now {conf.SERVER_URL})",
+            f"(with the in-memory layer the default is NOTIFICATIONS_SERVER_URL, now {conf.SERVER_URL})",
         )
 
     def handle(

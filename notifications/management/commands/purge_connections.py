@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
 from notifications.conf import conf
-from notifications.registry import purge_stale
+from notifications.models import ServerProcess
 
 
 class Command(BaseCommand):
@@ -30,7 +30,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, stale_after: str | None, **options: Any) -> None:
         seconds = conf.STALE_AFTER if stale_after is None else self._seconds(stale_after)
         try:
-            result = purge_stale(stale_after=seconds)
+            result = ServerProcess.objects.stale(seconds).purge()
         except DatabaseError as exc:
             first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise CommandError(f"Cannot purge: the database refused ({first_line}).") from exc

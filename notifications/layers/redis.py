@@ -1,36 +1,27 @@
-"""Channel layers configured for notifications, and the fixes they need.
+"""``RedisPubSubLayer``: several daphne processes, on one host or many, sharing Redis.
 
-Why these and not the library defaults:
-
-- Clients in the field never reconnect, so a registration must last as long
-  as its connection. ``InMemoryChannelLayer`` forgets group members after
-  ``group_expiry`` (a day by default); here memberships never expire, and
-  the consumer itself leaves its groups on disconnect.
-- ``RedisPubSubChannelLayer`` keeps group membership in the subscribing
-  process rather than in Redis, so nothing expires and nothing goes stale
-  when a process dies; ``RedisChannelLayer`` drops messages silently once its
-  shared per-process inbox is full (capacity 100) and costs about 17 Redis
-  commands per delivered message.
+Built on channels-redis's pub/sub layer, which keeps group membership in the
+subscribing process rather than in Redis, so nothing expires and nothing
+goes stale when a process dies; its core ``RedisChannelLayer`` drops messages
+silently once its shared per-process inbox is full (capacity 100) and costs
+about 17 Redis commands per delivered message.
 
 What the subclasses change, each measured with ``python -m bench``:
 
-- Nothing is dropped silently. A message that does not fit a channel's queue
-  is counted (:data:`notifications.metrics.UNDELIVERABLE`) and logged at
-  WARNING with its recipient; a publish that Redis refuses raises, and the
-  sending API counts it.
-- Per-channel queues are bounded (``capacity``, 1,000 by default) in both
-  layers; the library's pub/sub queue is unbounded.
 - Pub/sub publishes are pipelined: the library sends one PUBLISH at a time
   under a lock, one round trip each; here every publish waiting at that
   moment goes out in one pipeline on one connection (so the pool never needs
   more than two connections, and redis-py 8's pool limit of 100, which raises
   instead of waiting, cannot be reached however many clients send at once).
+- Blocking reads instead of the library's 0.1 s polling per message.
+- Each connection's queue is bounded; a message that does not fit is counted.
 - A consumer that goes away no longer prints ``CancelledError`` tracebacks:
   its channel is unsubscribed in a task of its own, and a failure there is
   one WARNING line.
-- The in-memory layer no longer scans every channel on every send and
-  receive (it expires nothing, so the scan found nothing, at O(connections)
-  per message), nor deep-copies each message for each recipient.
+
+These subclasses use members of channels-redis that are not its public API;
+:data:`LIBRARY_INTERNALS` names each one, and a test checks that the
+installed channels-redis still has them, so an upgrade fails in that one test.
 """
 
 from __future__ import annotations
@@ -41,85 +32,42 @@ import logging
 from collections import deque
 from typing import Any
 
-from channels.exceptions import ChannelFull
-from channels.layers import InMemoryChannelLayer
 from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer, RedisSingleShardConnection
 from channels_redis.utils import _wrap_close
 
-from notifications import metrics
-from notifications.protocol import describe
+from notifications.layers import DEFAULT_CAPACITY, count_undeliverable
 
 logger = logging.getLogger(__name__)
 
-# Ten years: "never" for a connection, while staying a valid timestamp offset.
-NEVER_EXPIRES = 10 * 365 * 24 * 3600
-DEFAULT_CAPACITY = 1000
-
-
-def count_undeliverable(event: Any, where: str) -> None:
-    """Count and log a notification that could not be queued for a connection."""
-    metrics.counters[metrics.UNDELIVERABLE] += 1
-    metrics.counters[metrics.LAYER_FULL] += 1
-    recipient = event.get("recipient") if isinstance(event, dict) else None
-    logger.warning(
-        "Undeliverable notification for %s: the queue of %s is full",
-        describe(recipient) if isinstance(recipient, str) else "an unknown recipient",
-        where,
-    )
-
-
-class InMemoryLayer(InMemoryChannelLayer):
-    """The embedded default: one process, nothing to install.
-
-    Nothing expires (see the module docstring), each channel holds at most
-    ``capacity`` messages, and a message that does not fit is counted.
-    """
-
-    def __init__(self, *, capacity: int = DEFAULT_CAPACITY, **kwargs: Any) -> None:
-        kwargs.setdefault("group_expiry", NEVER_EXPIRES)
-        kwargs.setdefault("expiry", NEVER_EXPIRES)
-        super().__init__(capacity=capacity, **kwargs)
-
-    def _clean_expired(self) -> None:
-        # Messages and memberships never expire here; the library's scan of
-        # every channel on every send and receive would find nothing.
-        return
-
-    def _queue(self, channel: str) -> asyncio.Queue[Any]:
-        queue = self.channels.get(channel)
-        if queue is None:
-            queue = self.channels[channel] = asyncio.Queue(maxsize=self.get_capacity(channel))
-        return queue
-
-    async def send(self, channel: str, message: dict[str, Any]) -> None:
-        """Queue ``message`` for ``channel``; raises ``ChannelFull`` when its queue is full."""
-        assert isinstance(message, dict), "message is not a dict"
-        self.require_valid_channel_name(channel)
-        try:
-            # A shallow copy: handlers get their own dict, the values are immutable.
-            self._queue(channel).put_nowait((0, dict(message)))
-        except asyncio.QueueFull:
-            raise ChannelFull(channel) from None
-
-    async def receive(self, channel: str) -> dict[str, Any]:
-        self.require_valid_channel_name(channel)
-        queue = self._queue(channel)
-        try:
-            _, message = await queue.get()
-        finally:
-            if queue.empty() and self.channels.get(channel) is queue:
-                del self.channels[channel]
-        return message
-
-    async def group_send(self, group: str, message: dict[str, Any]) -> None:
-        """Queue ``message`` for every member of ``group``; a full member is counted, not skipped silently."""
-        assert isinstance(message, dict), "message is not a dict"
-        self.require_valid_group_name(group)
-        for channel in list(self.groups.get(group, ())):
-            try:
-                self._queue(channel).put_nowait((0, dict(message)))
-            except asyncio.QueueFull:
-                count_undeliverable(message, f"channel {channel}")
+# The members of channels-redis these classes use or override beyond its public API, by class.
+LIBRARY_INTERNALS: dict[str, tuple[str, ...]] = {
+    "RedisSingleShardConnection": (
+        "host",
+        "channel_layer",
+        "_redis",
+        "_pubsub",
+        "_ensure_redis",
+        "_do_receiving",
+        "_receive_message",
+        "publish",
+        "subscribe",
+        "unsubscribe",
+        "flush",
+    ),
+    "RedisPubSubLoopLayer": (
+        "_shards",
+        "_get_shard",
+        "channels",
+        "groups",
+        "channel_layer",
+        "_subscribe_to_channel",
+        "receive",
+        "group_discard",
+        "group_send",
+    ),
+    "RedisPubSubChannelLayer": ("_layers", "_args", "_kwargs", "_get_layer", "deserialize"),
+    "channels_redis.utils": ("_wrap_close",),
+}
 
 
 class _Shard(RedisSingleShardConnection):

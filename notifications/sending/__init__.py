@@ -1,0 +1,204 @@
+"""The one sending API: every entry point delivers notifications through here.
+
+The WebSocket relay, the ``notify`` command, the HTTP push endpoint, the
+admin action and Django views all call these functions, so that they
+validate, deliver and account for failures the same way::
+
+    from notifications.sending import send  # async code: asend
+
+    def finish_task(request, task):
+        ...
+        result = send(task.owner_uuid, {"status": 200, "url": task.url})
+        result.live_connections  # 0: nobody is listening right now
+
+Errors are :class:`notifications.exceptions.InvalidNotification` (an unusable
+id or message) and :class:`notifications.exceptions.DeliveryFailed`.
+
+Where a notification goes is ``NOTIFICATIONS_SEND_THROUGH``: through the
+channel layer (:mod:`.delivery`), or through the running server's WebSocket
+(:mod:`.through_server`). ``"auto"``, the default, takes the channel layer
+when it reaches every server process (Redis) or when this process is a
+server (it called :func:`notifications.server.start_server`), and the
+server's WebSocket when the layer is the in-memory one of a process that
+serves nobody (a shell, a cron script, a worker).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
+from channels.layers import InMemoryChannelLayer
+from django.db import DatabaseError
+
+from notifications import presence, server
+from notifications.conf import conf
+from notifications.exceptions import DeliveryFailed, InvalidNotification
+from notifications.protocol import message_text, validate_recipient
+from notifications.sending.delivery import channel_layer, deliver, deliver_to_channel, deliver_to_everyone
+from notifications.sending.through_server import send_through_server
+
+__all__ = [
+    "SendResult",
+    "abroadcast",
+    "asend",
+    "asend_many",
+    "asend_to_connections",
+    "broadcast",
+    "send",
+    "send_many",
+    "send_to_connections",
+]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What a send did: handed over, and how many live connections the registry held for its id.
+
+    ``live_connections`` is read from the registry when the notification is
+    sent. The registry may lag by up to a second (a connection that has just
+    registered may not count yet, one that has just left may still count),
+    and it is ``None`` when the registry is switched off or unreadable.
+    """
+
+    recipient: str | None  # None for a broadcast
+    live_connections: int | None
+
+
+def _server_to_use(server_url: str | None) -> str | None:
+    """The WebSocket address to send through, or None to send through the channel layer."""
+    if server_url:
+        return server_url
+    through = conf.SEND_THROUGH
+    if through == "server":
+        return conf.SERVER_URL
+    if through == "layer":
+        return None
+    if isinstance(channel_layer(), InMemoryChannelLayer) and not server.is_serving():
+        return conf.SERVER_URL
+    return None
+
+
+async def asend(recipient: str, message: object, *, server_url: str | None = None) -> SendResult:
+    """Deliver ``message`` to every connection registered as ``recipient``.
+
+    A string is delivered as-is; anything else as its JSON text. Raises
+    :class:`InvalidNotification` for an unusable id or message, and
+    :class:`DeliveryFailed` when it cannot be handed over (also counted and
+    logged at WARNING). ``server_url`` sends through that server's WebSocket
+    instead of the channel layer.
+    """
+    (result,) = await asend_many([(recipient, message)], server_url=server_url)
+    return result
+
+
+async def asend_many(notifications: Iterable[tuple[str, object]], *, server_url: str | None = None) -> list[SendResult]:
+    """:func:`asend` for several notifications, in order, with one registry query.
+
+    Every notification is checked before any is sent: an unusable one raises
+    :class:`InvalidNotification` (naming its position when there are several)
+    and nothing is sent.
+    """
+    pending = list(notifications)
+    items = [_checked(recipient, message, index, len(pending)) for index, (recipient, message) in enumerate(pending)]
+    if not items:
+        return []
+    counts = await _read_registry(presence.connection_counts, [recipient for recipient, _ in items])
+    results = [SendResult(recipient, counts.get(recipient) if counts is not None else None) for recipient, _ in items]
+    url = _server_to_use(server_url)
+    if url is not None:
+        await send_through_server(url, items)
+        return results
+    for index, (recipient, text) in enumerate(items):
+        try:
+            await deliver(recipient, text)
+        except DeliveryFailed as exc:
+            raise DeliveryFailed(str(exc), sent=results[:index]) from exc
+    return results
+
+
+def _checked(recipient: object, message: object, index: int, total: int) -> tuple[str, str]:
+    try:
+        return validate_recipient(recipient), message_text(message)
+    except InvalidNotification as exc:
+        if total == 1:
+            raise
+        raise InvalidNotification(f"item {index}: {exc}") from None
+
+
+async def abroadcast(message: object, *, server_url: str | None = None) -> SendResult:
+    """Deliver ``message`` to every connection that registered at least one id.
+
+    ``live_connections`` is how many such connections the registry held.
+    Through the channel layer each connection receives it once. Through the
+    server's WebSocket protocol v1 has no broadcast, so it is sent to each id
+    the registry lists in turn, and a connection registered under several ids
+    receives it once per id.
+    """
+    text = message_text(message)
+    live = await _read_registry(presence.registered_connection_count)
+    url = _server_to_use(server_url)
+    if url is not None:
+        recipients = await _read_registry(presence.registered_ids)
+        if recipients is None:
+            raise DeliveryFailed("cannot broadcast through the server's WebSocket: the registry of ids is unreadable")
+        await send_through_server(url, [(recipient, text) for recipient in recipients])
+        return SendResult(None, live)
+    await deliver_to_everyone(text)
+    return SendResult(None, live)
+
+
+async def asend_to_connections(channel_names: Iterable[str], message: object) -> int:
+    """Deliver ``message`` to particular connections, whatever ids they registered.
+
+    ``channel_names`` come from the registry (:class:`~notifications.models.Connection`).
+    Returns how many of them the channel layer accepted; each refusal is
+    counted and logged at WARNING. Raises :class:`InvalidNotification` for an
+    unusable message.
+    """
+    text = message_text(message)
+    channel_layer()  # no layer at all raises DeliveryFailed, before any is counted
+    reached = 0
+    for channel_name in channel_names:
+        reached += await deliver_to_channel(channel_name, text)
+    return reached
+
+
+def send(recipient: str, message: object, *, server_url: str | None = None) -> SendResult:
+    """Synchronous :func:`asend`, for views, commands, tasks and the shell."""
+    return async_to_sync(asend)(recipient, message, server_url=server_url)
+
+
+def send_many(notifications: Iterable[tuple[str, object]], *, server_url: str | None = None) -> list[SendResult]:
+    """Synchronous :func:`asend_many`."""
+    return async_to_sync(asend_many)(list(notifications), server_url=server_url)
+
+
+def broadcast(message: object, *, server_url: str | None = None) -> SendResult:
+    """Synchronous :func:`abroadcast`."""
+    return async_to_sync(abroadcast)(message, server_url=server_url)
+
+
+def send_to_connections(channel_names: Iterable[str], message: object) -> int:
+    """Synchronous :func:`asend_to_connections`, for the admin action and other sync code."""
+    return async_to_sync(asend_to_connections)(list(channel_names), message)
+
+
+# The registry's counts: a failure to read them never stops a notification.
+
+
+async def _read_registry(query: Callable[..., T], *args: Any) -> T | None:
+    if not conf.REGISTRY_ENABLED:
+        return None
+    try:
+        return await database_sync_to_async(query)(*args)
+    except DatabaseError as exc:
+        logger.warning("Cannot read live connections from the registry (sending anyway): %s", exc)
+        return None

@@ -1,0 +1,71 @@
+"""Channel-layer delivery: hand a checked notification to a group or a channel, counted.
+
+The sending API and the consumer (a client's relay frame) both deliver
+through here, so every notification the layer refuses is counted and logged
+the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from channels.layers import BaseChannelLayer, get_channel_layer
+
+from notifications import metrics
+from notifications.exceptions import DeliveryFailed
+from notifications.protocol import broadcast_group, describe, group_name
+
+logger = logging.getLogger(__name__)
+
+# The event type of a notification: the consumer's notify_message() handles it.
+EVENT_TYPE = "notify.message"
+
+
+def channel_layer() -> BaseChannelLayer:
+    """The default channel layer, or :class:`DeliveryFailed` when none is configured."""
+    layer = get_channel_layer()
+    if layer is None:
+        raise DeliveryFailed("no channel layer is configured (CHANNEL_LAYERS)")
+    return layer
+
+
+async def deliver(recipient: str, text: str) -> None:
+    """Hand a notification already validated by :mod:`notifications.protocol` to the recipient's group."""
+    # The recipient travels along so that a layer that cannot queue the
+    # notification for a connection can say for whom it was.
+    await _group_send(group_name(recipient), {"type": EVENT_TYPE, "text": text, "recipient": recipient}, recipient)
+
+
+async def deliver_to_everyone(text: str) -> None:
+    """Hand a notification to the broadcast group: every registered connection, once."""
+    await _group_send(broadcast_group(), {"type": EVENT_TYPE, "text": text}, None)
+
+
+async def deliver_to_channel(channel_name: str, text: str) -> bool:
+    """Hand a notification to one connection's channel; False (counted and logged) when the layer refuses."""
+    try:
+        await channel_layer().send(channel_name, {"type": EVENT_TYPE, "text": text})
+    except Exception as exc:
+        refused(f"connection {channel_name}", exc)
+        return False
+    metrics.counters[metrics.RELAYED] += 1
+    return True
+
+
+async def _group_send(group: str, event: dict[str, Any], recipient: str | None) -> None:
+    """``group_send``, counted; a refusal is counted, logged with ``recipient`` (None: everyone) and raised."""
+    layer = channel_layer()
+    try:
+        await layer.group_send(group, event)
+    except Exception as exc:
+        # describe() only here: it costs, and this is the path of every relayed message.
+        refused(describe(recipient) if recipient is not None else "every connection", exc)
+        raise DeliveryFailed(f"the channel layer refused the notification: {exc}") from exc
+    metrics.counters[metrics.RELAYED] += 1
+
+
+def refused(target: str, exc: Exception) -> None:
+    """Count and log a notification the channel layer refused (nothing vanishes silently)."""
+    metrics.counters[metrics.UNDELIVERABLE] += 1
+    logger.warning("Undeliverable notification for %s: %s: %s", target, type(exc).__name__, exc)

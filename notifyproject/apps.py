@@ -1,0 +1,13 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class ProjectConfig(AppConfig):
+    """The project itself as an app, so that its system checks are registered."""
+
+    name = "notifyproject"
+    verbose_name = "Notification Center project"
+
+    def ready(self) -> None:
+        from notifyproject import checks  # noqa: F401  (registers the system checks)

@@ -1,0 +1,96 @@
+"""The app's system checks: every setting's type and range, one id per problem, never a crash."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from django.core.checks import CheckMessage, run_checks
+
+from tests.servers import ROOT
+
+
+def ids(messages: list[CheckMessage]) -> list[str]:
+    return sorted(m.id for m in messages if m.id and m.id.startswith("notifications."))
+
+
+# Each bad value, and the one check id it gets: the whole list of the app's ids.
+BAD_SETTINGS: list[tuple[dict[str, Any], str]] = [
+    ({"NOTIFICATIONS_ALLOWED_ORIGINS": "https://a.example"}, "notifications.E001"),  # a string, not a list
+    ({"NOTIFICATIONS_ALLOWED_ORIGINS": ["https://a.example", 7]}, "notifications.E001"),
+    ({"NOTIFICATIONS_ALLOWED_ORIGINS": ["https://app.example.com/some/path"]}, "notifications.E002"),
+    ({"NOTIFICATIONS_ALLOWED_ORIGINS": [""]}, "notifications.E002"),
+    ({"NOTIFICATIONS_MAX_RECIPIENT_LENGTH": 0}, "notifications.E003"),
+    ({"NOTIFICATIONS_MAX_RECIPIENT_LENGTH": "255"}, "notifications.E003"),
+    ({"NOTIFICATIONS_MAX_RECIPIENT_LENGTH": 300}, "notifications.E004"),
+    ({"NOTIFICATIONS_MAX_IDS_PER_CONNECTION": 0}, "notifications.E005"),
+    ({"NOTIFICATIONS_MAX_IDS_PER_CONNECTION": True}, "notifications.E005"),  # a bool is no count
+    ({"NOTIFICATIONS_MAX_QUEUED_MESSAGES": "lots"}, "notifications.E006"),
+    ({"NOTIFICATIONS_MAX_QUEUED_MESSAGES": 2.5}, "notifications.E006"),
+    ({"NOTIFICATIONS_GROUP_PREFIX": "notify:"}, "notifications.E007"),  # not allowed in a group name
+    ({"NOTIFICATIONS_GROUP_PREFIX": "x" * 36}, "notifications.E007"),  # the name would reach 100
+    ({"NOTIFICATIONS_GROUP_PREFIX": None}, "notifications.E007"),
+    ({"NOTIFICATIONS_REGISTRY_ENABLED": "0"}, "notifications.E008"),  # a non-empty string, truthy
+    ({"NOTIFICATIONS_REGISTRY_FLUSH_INTERVAL": 0}, "notifications.E009"),
+    ({"NOTIFICATIONS_REGISTRY_FLUSH_INTERVAL": "fast"}, "notifications.E009"),
+    ({"NOTIFICATIONS_HEARTBEAT_INTERVAL": float("inf")}, "notifications.E010"),
+    ({"NOTIFICATIONS_HEARTBEAT_INTERVAL": 0}, "notifications.E010"),
+    ({"NOTIFICATIONS_STALE_AFTER": -1}, "notifications.E011"),
+    ({"NOTIFICATIONS_STALE_AFTER": float("nan")}, "notifications.E011"),
+    ({"NOTIFICATIONS_HEARTBEAT_INTERVAL": 10, "NOTIFICATIONS_STALE_AFTER": 15}, "notifications.E012"),
+    ({"NOTIFICATIONS_SEND_THROUGH": "pigeon"}, "notifications.E013"),
+    ({"NOTIFICATIONS_SERVER_URL": "http://localhost:8765/"}, "notifications.E014"),
+    ({"NOTIFICATIONS_SERVER_URL": 8765}, "notifications.E014"),
+    ({"NOTIFICATIONS_API_KEYS": "k" * 40}, "notifications.E015"),  # a string, not a list
+    ({"NOTIFICATIONS_API_KEYS": ["k" * 40, "guessable"]}, "notifications.E016"),
+    ({"NOTIFICATIONS_API_MAX_BODY": 0}, "notifications.E017"),
+    ({"NOTIFICATIONS_API_MAX_BATCH": "many"}, "notifications.E018"),
+    ({"CHANNEL_LAYERS": {}}, "notifications.E019"),
+    ({"CHANNEL_LAYERS": {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}}, "notifications.W001"),
+    ({"CHANNEL_LAYERS": {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer"}}}, "notifications.W001"),
+]
+
+
+@pytest.mark.parametrize(("values", "expected"), BAD_SETTINGS, ids=[f"{e}-{list(v)[0]}" for v, e in BAD_SETTINGS])
+def test_each_bad_setting_gets_its_own_id_and_nothing_else(
+    settings: Any, values: dict[str, Any], expected: str
+) -> None:
+    for name, value in values.items():
+        setattr(settings, name, value)
+    assert ids(run_checks(include_deployment_checks=True)) == [expected]
+
+
+def test_the_ids_are_exactly_those_the_readme_documents() -> None:
+    documented = set(re.findall(r"`(notifications\.[EW]\d{3})`", (ROOT / "README.md").read_text()))
+    assert documented == {expected for _, expected in BAD_SETTINGS}
+
+
+def test_the_default_configuration_passes_every_check() -> None:
+    assert ids(run_checks(include_deployment_checks=True)) == []
+
+
+def test_a_message_names_the_setting_and_its_value(settings: Any) -> None:
+    # The check that once crashed with ValueError on int("lots") reports it instead.
+    settings.NOTIFICATIONS_MAX_QUEUED_MESSAGES = "lots"
+    (message,) = [m for m in run_checks() if m.id == "notifications.E006"]
+    assert message.msg == "NOTIFICATIONS_MAX_QUEUED_MESSAGES is 'lots'; it must be a whole number, at least 1."
+
+
+def test_a_short_api_key_is_reported_by_its_position_never_its_value(settings: Any) -> None:
+    settings.NOTIFICATIONS_API_KEYS = ["k" * 40, "guessable", "m" * 40, "short"]
+    (message,) = [m for m in run_checks() if m.id == "notifications.E016"]
+    assert "key number 2, 4 is shorter than 32" in message.msg
+    assert "guessable" not in message.msg + (message.hint or "")
+
+
+def test_the_registry_column_bounds_the_id_length(settings: Any) -> None:
+    settings.NOTIFICATIONS_MAX_RECIPIENT_LENGTH = 300
+    (message,) = [m for m in run_checks() if m.id == "notifications.E004"]
+    assert "stores at most 255 characters" in message.msg
+
+
+def test_a_foreign_layer_is_told_what_it_loses(settings: Any) -> None:
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    (message,) = [m for m in run_checks() if m.id == "notifications.W001"]
+    assert "registrations expire" in message.msg
