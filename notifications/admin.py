@@ -7,7 +7,7 @@ the selected connections through :mod:`notifications.sending`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django import forms
 from django.contrib import admin, messages
@@ -20,15 +20,20 @@ from django.utils.html import format_html
 from django.utils.timesince import timesince
 
 from notifications.exceptions import DeliveryFailed, InvalidNotification
-from notifications.models import Connection, ServerProcess
+from notifications.models import Connection, ServerProcess, ServerProcessQuerySet
 from notifications.protocol import message_text
 from notifications.sending import send_to_connections
+
+if TYPE_CHECKING:
+    ModelAdmin = admin.ModelAdmin[Any]
+else:  # django-stubs makes ModelAdmin generic; Django's own class is not subscriptable
+    ModelAdmin = admin.ModelAdmin
 
 # One id shown in the list is cut here; the detail page shows them whole.
 SHOWN_ID_LENGTH = 40
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ReadOnlyAdmin(ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
@@ -43,7 +48,7 @@ class RegisteredFilter(admin.SimpleListFilter):
     title = "registered"
     parameter_name = "registered"
 
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]) -> list[tuple[str, str]]:
         return [("yes", "Registered"), ("no", "Not registered")]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Connection]) -> QuerySet[Connection]:
@@ -188,16 +193,18 @@ class ServerProcessAdmin(ReadOnlyAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[ServerProcess]:
         # The database's now, by which clock the processes write their heartbeats:
         # this host's clock may differ from theirs.
-        return super().get_queryset(request).with_liveness().annotate(connection_count=Count("connections"))
+        processes = cast(ServerProcessQuerySet, super().get_queryset(request))
+        return processes.with_liveness().annotate(connection_count=Count("connections"))
 
     @admin.display(description="connections", ordering="connection_count")
     def connections(self, obj: ServerProcess) -> str:
         url = reverse("admin:notifications_connection_changelist")
-        return format_html('<a href="{}?process__id__exact={}">{}</a>', url, obj.pk, obj.connection_count)
+        return format_html('<a href="{}?process__id__exact={}">{}</a>', url, obj.pk, getattr(obj, "connection_count"))
 
     @admin.display(description="status")
     def status(self, obj: ServerProcess) -> str:
-        if obj.is_alive:  # type: ignore[attr-defined]  (annotated by with_liveness())
+        # Both annotated by with_liveness(), by the database's clock.
+        if getattr(obj, "is_alive"):
             return "alive"
-        since = timesince(obj.heartbeat_at, obj.database_now)  # type: ignore[attr-defined]
+        since = timesince(obj.heartbeat_at, getattr(obj, "database_now"))
         return f"no heartbeat for {since}: purged at the next heartbeat of any process"

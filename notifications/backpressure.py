@@ -61,7 +61,7 @@ def watch(send: Any) -> WriteWindow | None:
     communicator) yields None, and then nothing is bounded here.
     """
     args = getattr(send, "args", ())
-    protocol = args[0] if args else None
+    protocol: Any = args[0] if args else None
     if not hasattr(protocol, "registerProducer") or getattr(protocol, "transport", None) is None:
         return None
     transport = protocol.transport

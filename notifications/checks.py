@@ -14,7 +14,7 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 
-from notifications.conf import conf
+from notifications.conf import raw
 
 MIN_API_KEY_LENGTH = 32
 # Channels' group names: ASCII letters, digits, hyphens, underscores and periods, under 100 characters.
@@ -50,7 +50,7 @@ def _list_of_strings(value: object) -> bool:
 
 @register()
 def check_allowed_origins(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    origins = conf.ALLOWED_ORIGINS
+    origins = raw("ALLOWED_ORIGINS")
     if not _list_of_strings(origins):
         return [
             Error(
@@ -77,21 +77,21 @@ def check_allowed_origins(app_configs: Any = None, **kwargs: Any) -> list[CheckM
 @register()
 def check_limits(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     errors = [
-        *_positive_int("MAX_RECIPIENT_LENGTH", conf.MAX_RECIPIENT_LENGTH, "notifications.E003"),
-        *_positive_int("MAX_IDS_PER_CONNECTION", conf.MAX_IDS_PER_CONNECTION, "notifications.E005"),
-        *_positive_int("MAX_QUEUED_MESSAGES", conf.MAX_QUEUED_MESSAGES, "notifications.E006"),
-        *_positive_int("API_MAX_BODY", conf.API_MAX_BODY, "notifications.E017"),
-        *_positive_int("API_MAX_BATCH", conf.API_MAX_BATCH, "notifications.E018"),
+        *_positive_int("MAX_RECIPIENT_LENGTH", raw("MAX_RECIPIENT_LENGTH"), "notifications.E003"),
+        *_positive_int("MAX_IDS_PER_CONNECTION", raw("MAX_IDS_PER_CONNECTION"), "notifications.E005"),
+        *_positive_int("MAX_QUEUED_MESSAGES", raw("MAX_QUEUED_MESSAGES"), "notifications.E006"),
+        *_positive_int("API_MAX_BODY", raw("API_MAX_BODY"), "notifications.E017"),
+        *_positive_int("API_MAX_BATCH", raw("API_MAX_BATCH"), "notifications.E018"),
     ]
-    if _is_int(conf.MAX_RECIPIENT_LENGTH):
+    if _is_int(raw("MAX_RECIPIENT_LENGTH")):
         from notifications.models import Registration
 
         column = Registration._meta.get_field("recipient").max_length or 0
-        if column < conf.MAX_RECIPIENT_LENGTH:
+        if column < raw("MAX_RECIPIENT_LENGTH"):
             # The registry stores every registered id; a longer one would fail its writes.
             errors.append(
                 Error(
-                    f"NOTIFICATIONS_MAX_RECIPIENT_LENGTH is {conf.MAX_RECIPIENT_LENGTH}; the registry stores "
+                    f"NOTIFICATIONS_MAX_RECIPIENT_LENGTH is {raw('MAX_RECIPIENT_LENGTH')}; the registry stores "
                     f"at most {column} characters.",
                     id="notifications.E004",
                 )
@@ -101,7 +101,7 @@ def check_limits(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
 
 @register()
 def check_group_prefix(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    prefix = conf.GROUP_PREFIX
+    prefix = raw("GROUP_PREFIX")
     if isinstance(prefix, str) and GROUP_NAME_CHARACTERS.fullmatch(prefix) and len(prefix) + HASHED_ID_LENGTH < 100:
         return []
     return [
@@ -116,14 +116,14 @@ def check_group_prefix(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
 @register()
 def check_registry(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     errors: list[CheckMessage] = []
-    if not isinstance(conf.REGISTRY_ENABLED, bool):
+    if not isinstance(raw("REGISTRY_ENABLED"), bool):
         errors.append(
             Error(
-                f"NOTIFICATIONS_REGISTRY_ENABLED is {conf.REGISTRY_ENABLED!r}; it must be True or False.",
+                f"NOTIFICATIONS_REGISTRY_ENABLED is {raw('REGISTRY_ENABLED')!r}; it must be True or False.",
                 id="notifications.E008",
             )
         )
-    flush, heartbeat, stale = conf.REGISTRY_FLUSH_INTERVAL, conf.HEARTBEAT_INTERVAL, conf.STALE_AFTER
+    flush, heartbeat, stale = raw("REGISTRY_FLUSH_INTERVAL"), raw("HEARTBEAT_INTERVAL"), raw("STALE_AFTER")
     errors += _seconds("REGISTRY_FLUSH_INTERVAL", flush, "notifications.E009")
     errors += _seconds("HEARTBEAT_INTERVAL", heartbeat, "notifications.E010")
     errors += _seconds("STALE_AFTER", stale, "notifications.E011")
@@ -143,15 +143,15 @@ def check_registry(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
 @register()
 def check_sending(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     errors: list[CheckMessage] = []
-    if conf.SEND_THROUGH not in SEND_THROUGH_CHOICES:
+    if raw("SEND_THROUGH") not in SEND_THROUGH_CHOICES:
         errors.append(
             Error(
-                f"NOTIFICATIONS_SEND_THROUGH is {conf.SEND_THROUGH!r}; it must be one of "
+                f"NOTIFICATIONS_SEND_THROUGH is {raw('SEND_THROUGH')!r}; it must be one of "
                 f"{', '.join(map(repr, SEND_THROUGH_CHOICES))}.",
                 id="notifications.E013",
             )
         )
-    url = conf.SERVER_URL
+    url = raw("SERVER_URL")
     if not (isinstance(url, str) and url.startswith(("ws://", "wss://")) and len(url) > len("wss://")):
         errors.append(
             Error(
@@ -164,7 +164,7 @@ def check_sending(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
 
 @register(Tags.security)
 def check_api_keys(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    keys = conf.API_KEYS
+    keys = raw("API_KEYS")
     if not _list_of_strings(keys):
         # Never show the value: it may hold a key, and this line ends up in logs.
         return [

@@ -31,7 +31,8 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def _get(name: str) -> Any:
+def raw(name: str) -> Any:
+    """The setting ``NOTIFICATIONS_<name>`` as it is set, unchecked (the system checks read this)."""
     return getattr(settings, f"NOTIFICATIONS_{name}", DEFAULTS[name])
 
 
@@ -39,17 +40,17 @@ class Settings:
     @property
     def ALLOWED_ORIGINS(self) -> list[str]:
         """Origins allowed to open the WebSocket; ``*`` allows any, ``null`` pages from disk."""
-        return _get("ALLOWED_ORIGINS")  # type: ignore[no-any-return]
+        return raw("ALLOWED_ORIGINS")  # type: ignore[no-any-return]
 
     @property
     def MAX_RECIPIENT_LENGTH(self) -> int:
         """Longest recipient id accepted, in characters (code points)."""
-        return _get("MAX_RECIPIENT_LENGTH")  # type: ignore[no-any-return]
+        return raw("MAX_RECIPIENT_LENGTH")  # type: ignore[no-any-return]
 
     @property
     def MAX_IDS_PER_CONNECTION(self) -> int:
         """How many ids one connection may register; further ones are refused and logged."""
-        return _get("MAX_IDS_PER_CONNECTION")  # type: ignore[no-any-return]
+        return raw("MAX_IDS_PER_CONNECTION")  # type: ignore[no-any-return]
 
     @property
     def MAX_QUEUED_MESSAGES(self) -> int:
@@ -59,27 +60,27 @@ class Settings:
         (the connection stays open), so that a stuck client cannot grow the
         server's memory.
         """
-        return _get("MAX_QUEUED_MESSAGES")  # type: ignore[no-any-return]
+        return raw("MAX_QUEUED_MESSAGES")  # type: ignore[no-any-return]
 
     @property
     def GROUP_PREFIX(self) -> str:
         """Prefix of the channel-layer group names that recipients map to."""
-        return _get("GROUP_PREFIX")  # type: ignore[no-any-return]
+        return raw("GROUP_PREFIX")  # type: ignore[no-any-return]
 
     @property
     def REGISTRY_ENABLED(self) -> bool:
         """Whether server processes record their live connections in the database."""
-        return _get("REGISTRY_ENABLED")  # type: ignore[no-any-return]
+        return raw("REGISTRY_ENABLED")  # type: ignore[no-any-return]
 
     @property
     def REGISTRY_FLUSH_INTERVAL(self) -> float:
         """Seconds a process gathers connection events before writing them in one transaction."""
-        return _get("REGISTRY_FLUSH_INTERVAL")  # type: ignore[no-any-return]
+        return raw("REGISTRY_FLUSH_INTERVAL")  # type: ignore[no-any-return]
 
     @property
     def HEARTBEAT_INTERVAL(self) -> float:
         """Seconds between a process's heartbeats (also when it purges stale processes)."""
-        return _get("HEARTBEAT_INTERVAL")  # type: ignore[no-any-return]
+        return raw("HEARTBEAT_INTERVAL")  # type: ignore[no-any-return]
 
     @property
     def STALE_AFTER(self) -> float:
@@ -87,7 +88,7 @@ class Settings:
 
         Rows of a killed process vanish within ``STALE_AFTER + HEARTBEAT_INTERVAL``.
         """
-        return _get("STALE_AFTER")  # type: ignore[no-any-return]
+        return raw("STALE_AFTER")  # type: ignore[no-any-return]
 
     @property
     def SEND_THROUGH(self) -> str:
@@ -99,27 +100,27 @@ class Settings:
         :func:`notifications.server.start_server`): publishing into its own
         memory would reach nobody.
         """
-        return _get("SEND_THROUGH")  # type: ignore[no-any-return]
+        return raw("SEND_THROUGH")  # type: ignore[no-any-return]
 
     @property
     def SERVER_URL(self) -> str:
         """WebSocket address of the server, used when sending through the server's WebSocket."""
-        return _get("SERVER_URL")  # type: ignore[no-any-return]
+        return raw("SERVER_URL")  # type: ignore[no-any-return]
 
     @property
     def API_KEYS(self) -> list[str]:
         """Keys accepted by the HTTP push endpoint; with none, the endpoint answers 404."""
-        return _get("API_KEYS")  # type: ignore[no-any-return]
+        return raw("API_KEYS")  # type: ignore[no-any-return]
 
     @property
     def API_MAX_BODY(self) -> int:
         """Largest request body the HTTP push endpoint reads, in bytes; larger ones get 413."""
-        return _get("API_MAX_BODY")  # type: ignore[no-any-return]
+        return raw("API_MAX_BODY")  # type: ignore[no-any-return]
 
     @property
     def API_MAX_BATCH(self) -> int:
         """Most notifications in one request to the HTTP push endpoint."""
-        return _get("API_MAX_BATCH")  # type: ignore[no-any-return]
+        return raw("API_MAX_BATCH")  # type: ignore[no-any-return]
 
 
 conf = Settings()

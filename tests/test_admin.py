@@ -67,6 +67,14 @@ class TestConnectionList:
         assert "3 live connections in total, 2 registered, on 2 server processes." in page
         assert page.index("3 live connections in total") < page.index(registered[0].temp_id)
 
+    def test_the_totals_leave_out_the_rows_of_dead_processes(
+        self, staff_client: Client, live_connections: Callable[..., list[Connection]]
+    ) -> None:
+        live_connections(2, ids=("user-1",))
+        live_connections(5, ids=("user-2",), heartbeat_age=3600)  # no heartbeat for an hour: about to be purged
+        page = staff_client.get(CONNECTIONS).content.decode()
+        assert "2 live connections in total, 2 registered, on 1 server process." in page
+
     def test_newest_first(self, staff_client: Client, live_connections: Callable[..., list[Connection]]) -> None:
         newest, older, oldest = live_connections(3)  # connected 1, 2 and 3 minutes ago
         page = staff_client.get(CONNECTIONS).content.decode()

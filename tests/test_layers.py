@@ -21,6 +21,32 @@ def event(text: str, recipient: str = "test-uuid") -> dict[str, str]:
     return {"type": EVENT, "text": text, "recipient": recipient}
 
 
+# The library's members the Redis layer relies on
+
+
+def test_the_installed_channels_redis_has_every_private_member_the_redis_layer_uses() -> None:
+    import channels_redis.utils
+    from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer, RedisSingleShardConnection
+
+    from notifications.layers.redis import LIBRARY_INTERNALS
+
+    layer = RedisPubSubChannelLayer(hosts=["redis://127.0.0.1:1/0"])  # never connects: nothing is sent
+    loop_layer = RedisPubSubLoopLayer(hosts=["redis://127.0.0.1:1/0"], channel_layer=layer)
+    owners: dict[str, object] = {
+        "RedisSingleShardConnection": RedisSingleShardConnection("redis://127.0.0.1:1/0", loop_layer),
+        "RedisPubSubLoopLayer": loop_layer,
+        "RedisPubSubChannelLayer": layer,
+        "channels_redis.utils": channels_redis.utils,
+    }
+    missing = [
+        f"{owner}.{name}"
+        for owner, names in LIBRARY_INTERNALS.items()
+        for name in names
+        if not hasattr(owners[owner], name)
+    ]
+    assert missing == [], "channels-redis changed: notifications/layers/redis.py must follow"
+
+
 # In-memory layer
 
 

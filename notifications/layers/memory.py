@@ -43,7 +43,7 @@ class InMemoryLayer(InMemoryChannelLayer):
         queue = self.channels.get(channel)
         if queue is None:
             queue = self.channels[channel] = asyncio.Queue(maxsize=self.get_capacity(channel))
-        return queue
+        return queue  # type: ignore[no-any-return]
 
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         """Queue ``message`` for ``channel``; raises ``ChannelFull`` when its queue is full."""
@@ -63,7 +63,7 @@ class InMemoryLayer(InMemoryChannelLayer):
         finally:
             if queue.empty() and self.channels.get(channel) is queue:
                 del self.channels[channel]
-        return message
+        return message  # type: ignore[no-any-return]
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         """Queue ``message`` for every member of ``group``; a full member is counted, not skipped silently."""

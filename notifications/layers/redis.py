@@ -160,7 +160,7 @@ class _LoopLayer(RedisPubSubLoopLayer):
     def __init__(self, *args: Any, capacity: int = DEFAULT_CAPACITY, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.capacity = capacity
-        self._shards = [_Shard(shard.host, self) for shard in self._shards]
+        self._shards: list[_Shard] = [_Shard(shard.host, self) for shard in self._shards]
         self._cleanups: set[asyncio.Future[None]] = set()
 
     async def _subscribe_to_channel(self, channel: str) -> None:
@@ -183,7 +183,8 @@ class _LoopLayer(RedisPubSubLoopLayer):
                 self._cleanups.add(cleanup)
                 cleanup.add_done_callback(self._cleanups.discard)
             raise
-        return self.channel_layer.deserialize(message)
+        event: dict[str, Any] = self.channel_layer.deserialize(message)
+        return event
 
     async def group_discard(self, group: str, channel: str) -> None:
         # A consumer leaving while Redis is down must not crash: its membership
@@ -220,4 +221,4 @@ class RedisPubSubLayer(RedisPubSubChannelLayer):
         if layer is None:
             layer = self._layers[loop] = _LoopLayer(*self._args, **self._kwargs, channel_layer=self)
             _wrap_close(self, loop)
-        return layer
+        return layer  # type: ignore[no-any-return]

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
@@ -198,7 +198,7 @@ async def _read_registry(query: Callable[..., T], *args: Any) -> T | None:
     if not conf.REGISTRY_ENABLED:
         return None
     try:
-        return await database_sync_to_async(query)(*args)
+        return cast(T, await database_sync_to_async(query)(*args))
     except DatabaseError as exc:
         logger.warning("Cannot read live connections from the registry (sending anyway): %s", exc)
         return None
