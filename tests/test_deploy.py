@@ -162,7 +162,7 @@ def test_the_environment_file_is_a_valid_configuration_that_needs_only_a_key(tmp
 
     env_file.write_text(template)
     as_shipped = deploy_check()
-    assert as_shipped.returncode == 1 and "notifications.E001" in as_shipped.stderr
+    assert as_shipped.returncode == 1 and "notifyproject.E001" in as_shipped.stderr
     env_file.write_text(set_env_values(template, {"DJANGO_SECRET_KEY": "k" * 50}))
     completed = deploy_check()
     assert completed.returncode == 0, completed.stderr
