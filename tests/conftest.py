@@ -13,18 +13,9 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import connection, connections
 
+from harness.servers import ROOT, Daphne, Nginx, RedisServer, child_env, start_daphne, start_nginx, url_of_database
 from notifications.models import Connection, Registration, ServerProcess
-from tests.servers import (
-    ROOT,
-    Daphne,
-    Nginx,
-    RedisServer,
-    child_env,
-    require_program,
-    start_daphne,
-    start_nginx,
-    url_of_database,
-)
+from tests.programs import require_program
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

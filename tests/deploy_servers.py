@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.render import DEFAULTS, render_all
-from tests.servers import ROOT, Nginx, child_env, free_port, run_nginx
+from harness.servers import ROOT, Nginx, child_env, free_port, run_nginx
 
 TEST_SECRET_KEY = "test-only-secret-key-not-for-production-0123456789"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import ROOT
+from harness.servers import ROOT
 
 
 @pytest.mark.redis

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from django.core.checks import run_checks
 
-from tests.servers import ROOT, child_env, start_daphne
+from harness.servers import ROOT, child_env, start_daphne
 
 
 def run(*args: str, env: dict[str, str | None]) -> subprocess.CompletedProcess[str]:

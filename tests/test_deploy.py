@@ -28,8 +28,9 @@ from websockets.asyncio.client import ClientConnection
 from websockets.protocol import State
 
 from deploy.render import DEFAULTS, PLACEHOLDER, TEMPLATES, render, render_all
+from harness.clients import AdminSession, frame, open_client, receive, register_confirmed
+from harness.servers import ROOT, RedisServer, child_env, eventually, free_port, nginx_conf, wait_until
 from notifications.models import Connection, Registration, ServerProcess
-from tests.clients import AdminSession, frame, open_client, receive, register_confirmed
 from tests.deploy_servers import (
     TEST_SECRET_KEY,
     Deployment,
@@ -39,16 +40,7 @@ from tests.deploy_servers import (
     start_deployment,
     start_systemd_service,
 )
-from tests.servers import (
-    ROOT,
-    RedisServer,
-    child_env,
-    eventually,
-    free_port,
-    nginx_conf,
-    require_program,
-    wait_until,
-)
+from tests.programs import require_program
 
 DEPLOY = ROOT / "deploy"
 DOC = ROOT / "docs" / "DEPLOY.md"

@@ -9,9 +9,9 @@ import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from harness.servers import free_port, wait_until
 from notifications import metrics
 from notifications.layers import InMemoryLayer, RedisPubSubLayer
-from tests.servers import free_port, wait_until
 
 EVENT = "notify.message"
 

@@ -19,9 +19,10 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
+from harness.clients import open_client, receive, register_confirmed, send_once
+from harness.servers import ROOT, Daphne, Nginx, child_env, free_port
 from notifications.protocol import GREETING
-from tests.clients import open_client, receive, register_confirmed, send_once
-from tests.servers import ROOT, Daphne, Nginx, child_env, free_port, require_program
+from tests.programs import require_program
 
 CHROMIUM_ARGS = [
     "--headless",

@@ -9,11 +9,11 @@ from collections.abc import Callable, Iterator
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from harness.clients import frame, open_client, register_confirmed
+from harness.servers import Daphne, RedisServer, free_port, wait_until
 from notifications import metrics
 from notifications.consumers import CLOSE_TRY_AGAIN_LATER
 from notifications.sending import DeliveryFailed, asend
-from tests.clients import frame, open_client, register_confirmed
-from tests.servers import Daphne, RedisServer, free_port, wait_until
 
 
 @pytest.fixture

@@ -13,13 +13,13 @@ from asgiref.sync import sync_to_async
 from django.db import connection
 from django.db.models.functions import Now
 
+from harness.clients import open_client, register, register_confirmed
+from harness.servers import Daphne, eventually
 from notifications.conf import conf
 from notifications.models import Connection, Registration, ServerProcess
-from notifications.presence import connection_counts
+from notifications.presence import aconnection_count, ais_online, connection_count, connection_counts, is_online
 from notifications.registry import purge_stale
-from notifications.sending import aconnection_count, ais_online, connection_count, is_online
-from tests.clients import open_client, register, register_confirmed
-from tests.servers import Daphne, eventually, skewed_clock
+from tests.programs import skewed_clock
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("async_db")]
 
