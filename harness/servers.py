@@ -41,6 +41,10 @@ def child_env(overrides: Mapping[str, str | None]) -> dict[str, str]:
     return env
 
 
+# What runs a Python child: run_python and the tests' fixtures built on it.
+Python = Callable[..., subprocess.CompletedProcess[str]]
+
+
 def run_python(
     *args: str,
     env: Mapping[str, str | None],
@@ -163,12 +167,20 @@ class RedisServer:
         wait_for_port(port, process=process)
         return cls(url=f"redis://127.0.0.1:{port}/0", process=process, workdir=workdir)
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1].split("/")[0])
+
     def stop(self) -> None:
         if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
+            stop_process(self.process, timeout=10)
         if self.workdir is not None:
             self.workdir.cleanup()
+
+    def start_again(self) -> None:
+        """After :meth:`stop`, a new redis-server where this one listened (an outage that ends)."""
+        again = RedisServer.start(port=self.port)
+        self.process, self.workdir = again.process, again.workdir
 
 
 @dataclass

@@ -10,6 +10,8 @@ import pytest
 from harness.servers import find_program
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+NGINX_HINT = "apt-get install nginx (Debian/Ubuntu)"
+SYSTEMD_HINT = "apt-get install systemd (Debian/Ubuntu)"
 
 
 def require_program(name: str, *, install_hint: str) -> str:

@@ -257,7 +257,6 @@ def temp_ids(server: Daphne, recipient: str) -> list[str]:
     )
 
 
-@pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("async_db")
 async def test_the_send_action_reaches_real_clients_on_another_process(

@@ -86,7 +86,6 @@ async def channels_in_redis(redis_url: str, prefix: str) -> int:
         await client.aclose()
 
 
-@pytest.mark.redis
 async def test_pubsub_many_concurrent_sends_arrive_once_each_and_in_order(
     pubsub: RedisPubSubLayer, redis_url: str, redis_prefix: str
 ) -> None:
@@ -101,7 +100,6 @@ async def test_pubsub_many_concurrent_sends_arrive_once_each_and_in_order(
     assert received == [f"m{i}" for i in range(40)]
 
 
-@pytest.mark.redis
 async def test_pubsub_full_channel_is_counted_and_logged_with_the_recipient(
     redis_url: str, redis_prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -120,7 +118,6 @@ async def test_pubsub_full_channel_is_counted_and_logged_with_the_recipient(
         await layer.flush()
 
 
-@pytest.mark.redis
 async def test_pubsub_cancelled_receivers_unsubscribe_quietly(
     redis_url: str, redis_prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -143,7 +140,6 @@ async def test_pubsub_cancelled_receivers_unsubscribe_quietly(
         await layer.flush()
 
 
-@pytest.mark.redis
 async def test_pubsub_publish_to_a_redis_that_is_down_raises() -> None:
     layer = RedisPubSubLayer(hosts=[f"redis://127.0.0.1:{free_port()}/0"])
     try:

@@ -3,32 +3,24 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Callable
 
 import pytest
 
 from harness.clients import assert_receives_nothing, open_client, receive, register_confirmed
-from harness.servers import ROOT, Daphne, child_env, free_port
+from harness.servers import Daphne, Python, free_port
 from tests.presence import registry_counts
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("async_db")]
 
 
 @pytest.fixture
-def manage(database_url: str) -> Callable[..., subprocess.CompletedProcess[str]]:
-    """Run ``manage.py`` as an operator on the server's machine: same database, no DEBUG needed."""
+def manage(manage: Python, database_url: str) -> Python:
+    """``manage.py`` as an operator runs it on the server's machine: same database, no DEBUG needed."""
 
     def run(*args: str, env: dict[str, str | None], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "manage.py", *args],
-            cwd=ROOT,
-            env=child_env({"DJANGO_DEBUG": "1", "NOTIFY_SERVER_URL": None, "DATABASE_URL": database_url, **env}),
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        base = {"DJANGO_DEBUG": "1", "NOTIFY_SERVER_URL": None, "DATABASE_URL": database_url}
+        return manage(*args, env={**base, **env}, stdin=stdin)
 
     return run
 

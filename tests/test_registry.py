@@ -198,7 +198,6 @@ def _in_log(server: Daphne, text: str) -> Callable[[], Any]:
     return condition
 
 
-@pytest.mark.redis
 async def test_presence_counts_the_connections_of_an_id_on_every_process(
     redis_daphne_pair: tuple[Daphne, Daphne],
 ) -> None:
@@ -229,7 +228,6 @@ async def test_presence_counts_the_connections_of_an_id_on_every_process(
     await other.close()
 
 
-@pytest.mark.redis
 async def test_two_hundred_clients_connecting_and_disconnecting_at_once_leave_no_errors_and_no_rows(
     redis_daphne_pair: tuple[Daphne, Daphne],
 ) -> None:
