@@ -3,7 +3,7 @@ from __future__ import annotations
 import functools
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,37 +15,8 @@ from django.db import connection, connections
 from harness.servers import Daphne, Nginx, Python, RedisServer, start_daphne, start_nginx, url_of_database
 from harness.servers import run_python as run_python_process
 from notifications.models import Connection, Registration, ServerProcess
+from tests.kinds import kind_of
 from tests.programs import NGINX_HINT, SYSTEMD_HINT, require_program
-
-# The suite by kind: each test gets exactly one of these markers, the heaviest
-# that the fixtures it uses (directly or through other fixtures) call for.
-# A test that starts a process of ours does it through one of these fixtures.
-KINDS: dict[str, frozenset[str]] = {
-    "browser": frozenset({"browser"}),
-    "deploy": frozenset(
-        {"nginx_binary", "nginx_factory", "deployments", "systemd_analyze", "socket_activate", "systemd_services"}
-    ),
-    "server": frozenset(
-        {
-            "daphne",
-            "daphne_factory",
-            "redis_daphne_pair",
-            "redis_url",
-            "own_redis",
-            "manage",
-            "run_python",
-            "collected_static",
-            "bin_serve",
-        }
-    ),
-}
-UNIT = "unit"
-
-
-def kind_of(fixturenames: Iterable[str]) -> str:
-    """The heaviest kind that ``fixturenames`` call for: browser, deploy, server, else unit."""
-    names = set(fixturenames)
-    return next((kind for kind, fixtures in KINDS.items() if names & fixtures), UNIT)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
