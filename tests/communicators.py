@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from channels.testing import WebsocketCommunicator
 
 from harness.clients import PROBE_PREFIX, frame
@@ -39,3 +42,13 @@ async def connect_registered(recipient: str, path: str = "/") -> WebsocketCommun
     communicator = await connect(path)
     await register(communicator, recipient)
     return communicator
+
+
+@asynccontextmanager
+async def connected(recipient: str | None = None) -> AsyncIterator[WebsocketCommunicator]:
+    """A client for the length of the block (registered as ``recipient`` if given), then disconnected."""
+    communicator = await (connect() if recipient is None else connect_registered(recipient))
+    try:
+        yield communicator
+    finally:
+        await communicator.disconnect()

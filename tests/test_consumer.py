@@ -13,23 +13,21 @@ from harness.clients import frame, is_probe
 from notifications import metrics
 from notifications.protocol import group_name
 from notifyproject.asgi import application
-from tests.communicators import connect, connect_registered, register, send
+from tests.communicators import connect, connected, register, send
 
 pytestmark = pytest.mark.usefixtures("in_memory_layer")
 
 
 @pytest.fixture
 async def recipient() -> AsyncIterator[WebsocketCommunicator]:
-    communicator = await connect_registered("receiver-uuid")
-    yield communicator
-    await communicator.disconnect()
+    async with connected("receiver-uuid") as communicator:
+        yield communicator
 
 
 @pytest.fixture
 async def sender() -> AsyncIterator[WebsocketCommunicator]:
-    communicator = await connect()
-    yield communicator
-    await communicator.disconnect()
+    async with connected() as communicator:
+        yield communicator
 
 
 async def test_the_greeting_comes_first_on_both_paths() -> None:

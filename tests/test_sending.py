@@ -24,15 +24,14 @@ from harness.servers import ROOT, Daphne, free_port
 from notifications import sending, views
 from notifications.protocol import InvalidNotification
 from notifications.sending import DeliveryFailed, SendResult, abroadcast, asend, send
-from tests.communicators import connect_registered
+from tests.communicators import connected
 from tests.presence import registry_counts
 
 
 @pytest.fixture
 async def owner() -> AsyncIterator[WebsocketCommunicator]:
-    communicator = await connect_registered("owner-1")
-    yield communicator
-    await communicator.disconnect()
+    async with connected("owner-1") as communicator:
+        yield communicator
 
 
 @pytest.fixture
