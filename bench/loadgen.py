@@ -27,12 +27,14 @@ import sys
 import time
 from typing import Any
 
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-GREETING = "..:: Hello from the Notification Center ::.."
-PROBE = "probe"
+from harness.clients import frame, is_probe, open_client, open_registered
+
 TIMEOUT = 30.0
+# Many clients at once: no keep-alive pings, no cap on what waits to be read.
+CONNECT_OPTIONS: dict[str, Any] = {"ping_interval": None, "close_timeout": TIMEOUT, "max_queue": None}
 
 
 _background: set[asyncio.Future[None]] = set()
@@ -59,31 +61,15 @@ async def commands() -> asyncio.Queue[str]:
     return queue
 
 
-def frame(recipient: str, message: str) -> str:
-    return json.dumps({"recipient_uuid": recipient, "message": message})
-
-
-async def open_registered(url: str, recipient: str) -> ClientConnection:
-    """Connect, read the greeting, register ``recipient`` and prove it with a probe to itself."""
-    ws = await connect(url, open_timeout=TIMEOUT, ping_interval=None, close_timeout=TIMEOUT, max_queue=None)
-    greeting = await asyncio.wait_for(ws.recv(), TIMEOUT)
-    if greeting != GREETING:
-        raise RuntimeError(f"unexpected greeting {greeting!r}")
-    await ws.send(frame(recipient, "connected"))
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        await ws.send(frame(recipient, PROBE))
-        with contextlib.suppress(TimeoutError):
-            while True:
-                if await asyncio.wait_for(ws.recv(), 2.0) == PROBE:
-                    return ws
-    raise TimeoutError(f"registration of {recipient} not effective")
+async def registered(url: str, recipient: str) -> ClientConnection:
+    """A client registered as ``recipient``, proven by a probe to itself (probes are skipped when counting)."""
+    return await open_registered(url, recipient, seconds=TIMEOUT, attempt_seconds=2.0, **CONNECT_OPTIONS)
 
 
 async def run_receivers(spec: dict[str, Any], queue: asyncio.Queue[str]) -> None:
     urls, first, count, run = spec["urls"], spec["first"], spec["count"], spec["run"]
     ids = [f"bench-{run}-{first + i}" for i in range(count)]
-    sockets = await asyncio.gather(*(open_registered(urls[i % len(urls)], ids[i]) for i in range(count)))
+    sockets = await asyncio.gather(*(registered(urls[i % len(urls)], ids[i]) for i in range(count)))
     seen: set[tuple[int, int]] = set()
     latencies: list[float] = []
     stats = {"delivered": 0, "duplicated": 0, "misrouted": 0, "closed": 0, "first_ns": 0, "last_ns": 0}
@@ -95,7 +81,7 @@ async def run_receivers(spec: dict[str, Any], queue: asyncio.Queue[str]) -> None
         try:
             async for text in ws:
                 now = time.monotonic_ns()
-                if text == PROBE:
+                if is_probe(text):
                     continue
                 sender, seq, target, sent_ns = (int(part) for part in text.split(":"))
                 if target != own:
@@ -135,9 +121,7 @@ async def run_senders(spec: dict[str, Any], queue: asyncio.Queue[str]) -> None:
     rate, seconds, limit, base = spec["rate"], spec["seconds"], spec["limit"], spec["first"]
     sockets = []
     for i in range(count):
-        ws = await connect(urls[i % len(urls)], open_timeout=TIMEOUT, ping_interval=None, max_queue=None)
-        await asyncio.wait_for(ws.recv(), TIMEOUT)
-        sockets.append(ws)
+        sockets.append(await open_client(urls[i % len(urls)], seconds=TIMEOUT, ping_interval=None, max_queue=None))
     emit("ready", count=len(sockets))
     await queue.get()  # "go"
     per_sender_limit = limit // count
@@ -187,7 +171,7 @@ async def run_idle(spec: dict[str, Any], queue: asyncio.Queue[str]) -> None:
     async def one(i: int) -> ClientConnection | None:
         async with gate:
             try:
-                return await open_registered(urls[i % len(urls)], f"bench-{run}-idle-{first + i}")
+                return await registered(urls[i % len(urls)], f"bench-{run}-idle-{first + i}")
             except Exception as exc:
                 failures.append(f"{type(exc).__name__}: {exc}")
                 return None

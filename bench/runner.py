@@ -27,7 +27,7 @@ from typing import Any
 import psutil
 import redis
 
-from tests.servers import ROOT, RedisServer, free_port, start_daphne, wait_for_port
+from harness.servers import ROOT, RedisServer, free_port, run_python, start_daphne, wait_for_port
 
 RECEIVERS = 100
 SENDERS = 10
@@ -134,9 +134,9 @@ class Environment:
     def migrate(self) -> None:
         if self.migrated:
             return
-        env = dict(os.environ, **{k: v for k, v in self.env().items() if v is not None})
-        env["DJANGO_SETTINGS_MODULE"] = "notifyproject.settings"
-        subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
+        done = run_python("manage.py", "migrate", "--noinput", "-v", "0", env=self.env(), timeout=600)
+        if done.returncode != 0:
+            raise RuntimeError(f"manage.py migrate failed with {done.returncode}:\n{done.stderr}")
         self.migrated = True
 
     def close(self) -> None:

@@ -199,12 +199,12 @@ class ServerProcessAdmin(ReadOnlyAdmin):
     @admin.display(description="connections", ordering="connection_count")
     def connections(self, obj: ServerProcess) -> str:
         url = reverse("admin:notifications_connection_changelist")
-        return format_html('<a href="{}?process__id__exact={}">{}</a>', url, obj.pk, getattr(obj, "connection_count"))
+        return format_html('<a href="{}?process__id__exact={}">{}</a>', url, obj.pk, obj.connection_count)
 
     @admin.display(description="status")
     def status(self, obj: ServerProcess) -> str:
         # Both annotated by with_liveness(), by the database's clock.
-        if getattr(obj, "is_alive"):
+        if obj.is_alive:
             return "alive"
-        since = timesince(obj.heartbeat_at, getattr(obj, "database_now"))
+        since = timesince(obj.heartbeat_at, obj.database_now)
         return f"no heartbeat for {since}: purged at the next heartbeat of any process"

@@ -1,8 +1,7 @@
 from __future__ import annotations
 
+import functools
 import os
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -13,28 +12,24 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import connection, connections
 
+from harness.servers import Daphne, Nginx, Python, RedisServer, start_daphne, start_nginx, url_of_database
+from harness.servers import run_python as run_python_process
 from notifications.models import Connection, Registration, ServerProcess
-from tests.servers import (
-    ROOT,
-    Daphne,
-    Nginx,
-    RedisServer,
-    child_env,
-    require_program,
-    start_daphne,
-    start_nginx,
-    url_of_database,
-)
+from tests.kinds import kind_of
+from tests.programs import NGINX_HINT, SYSTEMD_HINT, require_program
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that start daphne need the test database, which the daphne processes write to.
+    """Mark every test with its kind; tests that start daphne get the test database.
 
-    pytest-django creates it only when a collected test is marked ``django_db``;
-    transactional, so the test process holds no lock that the servers would wait on.
+    pytest-django creates the database only when a collected test is marked
+    ``django_db``; transactional, so the test process holds no lock that the
+    servers would wait on.
     """
     for item in items:
-        if "daphne_factory" in getattr(item, "fixturenames", ()) and item.get_closest_marker("django_db") is None:
+        fixturenames = getattr(item, "fixturenames", ())
+        item.add_marker(kind_of(fixturenames))
+        if "daphne_factory" in fixturenames and item.get_closest_marker("django_db") is None:
             item.add_marker(pytest.mark.django_db(transaction=True))
 
 
@@ -174,29 +169,67 @@ def live_connections(db: None) -> Callable[..., list[Connection]]:
     return make
 
 
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server of this test's own (never the shared one), which it may stop and start again."""
+    server = RedisServer.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def run_python() -> Python:
+    """Run this Python in the project folder (``"-c", code`` or ``"manage.py", ...``), as harness.servers says."""
+    return run_python_process
+
+
+@pytest.fixture
+def manage(run_python: Python) -> Python:
+    """Run ``python manage.py ARGS`` as an operator does: ``env`` over ours, output captured."""
+    return functools.partial(run_python, "manage.py")
+
+
 @pytest.fixture(scope="session")
 def collected_static(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The static files as ``collectstatic`` gathers them for nginx to serve, as in production."""
     root = tmp_path_factory.mktemp("static")
-    subprocess.run(
-        [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"],
-        cwd=ROOT,
-        env=child_env({"DJANGO_DEBUG": "1", "DJANGO_STATIC_ROOT": str(root)}),
-        check=True,
+    done = run_python_process(
+        "manage.py",
+        "collectstatic",
+        "--noinput",
+        "-v0",
+        env={"DJANGO_DEBUG": "1", "DJANGO_STATIC_ROOT": str(root)},
         timeout=120,
     )
+    assert done.returncode == 0, done.stderr
     return root
 
 
 @pytest.fixture
-def nginx_factory(tmp_path: Path, collected_static: Path) -> Iterator[Callable[[Daphne], Nginx]]:
+def nginx_binary() -> str:
+    """nginx, which the deployment tests run (skip without it, fail under CI)."""
+    return require_program("nginx", install_hint=NGINX_HINT)
+
+
+@pytest.fixture
+def systemd_analyze() -> str:
+    return require_program("systemd-analyze", install_hint=SYSTEMD_HINT)
+
+
+@pytest.fixture
+def socket_activate() -> str:
+    """systemd-socket-activate, which plays notify.socket where no systemd runs as PID 1."""
+    return require_program("systemd-socket-activate", install_hint=SYSTEMD_HINT)
+
+
+@pytest.fixture
+def nginx_factory(tmp_path: Path, collected_static: Path, nginx_binary: str) -> Iterator[Callable[[Daphne], Nginx]]:
     """Start a real nginx with deploy/nginx/notify.conf in front of a daphne process."""
-    binary = require_program("nginx", install_hint="apt-get install nginx (Debian/Ubuntu)")
     started: list[Nginx] = []
 
     def start(upstream: Daphne) -> Nginx:
         prefix = tmp_path / f"nginx-{len(started)}"
-        server = start_nginx(binary, upstream=upstream.port, prefix=prefix, static_root=collected_static)
+        server = start_nginx(nginx_binary, upstream=upstream.port, prefix=prefix, static_root=collected_static)
         started.append(server)
         return server
 

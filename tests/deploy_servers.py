@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.render import DEFAULTS, render_all
-from tests.servers import ROOT, Nginx, child_env, free_port, run_nginx
+from harness.servers import ROOT, Nginx, child_env, free_port, run_nginx, run_python
 
 TEST_SECRET_KEY = "test-only-secret-key-not-for-production-0123456789"
 
@@ -170,13 +170,12 @@ class Deployment:
 
     def manage(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """``bin/with-env ENV_FILE python manage.py ...``, as docs/DEPLOY.md runs commands."""
-        return subprocess.run(
-            [str(ROOT / "bin" / "with-env"), str(self.env_file), sys.executable, "manage.py", *args],
-            cwd=ROOT,
-            env=child_env({"REDIS_URL": None, "DATABASE_URL": None, "DJANGO_SECRET_KEY": None}),
-            capture_output=True,
-            text=True,
+        return run_python(
+            "manage.py",
+            *args,
+            env={"REDIS_URL": None, "DATABASE_URL": None, "DJANGO_SECRET_KEY": None},
             timeout=timeout,
+            launcher=(str(ROOT / "bin" / "with-env"), str(self.env_file)),
         )
 
     def stop(self) -> None:

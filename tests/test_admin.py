@@ -14,9 +14,10 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+from harness.clients import AdminSession, open_client, receive, register
+from harness.servers import Daphne, eventually
 from notifications.models import Connection, ServerProcess
-from tests.clients import AdminSession, open_client, receive, register
-from tests.servers import Daphne, eventually, skewed_clock
+from tests.programs import skewed_clock
 
 CONNECTIONS = reverse("admin:notifications_connection_changelist")
 PROCESSES = reverse("admin:notifications_serverprocess_changelist")
@@ -264,7 +265,6 @@ def temp_ids(server: Daphne, recipient: str) -> list[str]:
     )
 
 
-@pytest.mark.redis
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("async_db")
 async def test_the_send_action_reaches_real_clients_on_another_process(

@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 from django.test import Client
 
+from harness.clients import assert_receives_nothing, open_client, post_json, receive, register_confirmed
+from harness.servers import Daphne, free_port
 from notifications.layers.memory import InMemoryLayer
 from notifications.models import Connection
-from tests.clients import open_client, post_json, receive, receives_nothing, register_confirmed, registry_counts
-from tests.servers import Daphne, free_port
+from tests.presence import registry_counts
 
 KEY = "k" * 40
 OTHER_KEY = "another-key-for-the-queue-manager-0123456789"
@@ -215,4 +216,4 @@ async def test_a_service_reaches_the_clients_of_a_real_server(
     assert status == 413
     status, _ = await asyncio.to_thread(post_json, endpoint, json.dumps(batch).encode(), {"Authorization": "Bearer x"})
     assert status == 401
-    assert await receives_nothing(bob)
+    await assert_receives_nothing(bob)

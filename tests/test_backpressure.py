@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import psutil
 
-from tests.clients import frame, open_client, receive, register_confirmed
-from tests.servers import Daphne, wait_until
+from harness.clients import frame, open_client, receive, register_confirmed
+from harness.servers import Daphne, wait_until
 
 BIG = "x" * 100_000  # a few hundred of these overflow any socket buffer on loopback
 SENT = 400

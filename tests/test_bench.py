@@ -8,12 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from tests.servers import ROOT
+from harness.servers import ROOT
 
 
-@pytest.mark.redis
 def test_the_quick_benchmark_runs_both_servers_and_loses_nothing(redis_url: str, tmp_path: Path) -> None:
     output = tmp_path / "bench.json"
     env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from django.core.checks import CheckMessage, run_checks
 
-from tests.servers import ROOT
+from harness.servers import ROOT
 
 
 def ids(messages: list[CheckMessage]) -> list[str]:

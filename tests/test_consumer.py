@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator
 
@@ -10,47 +9,25 @@ import pytest
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 
+from harness.clients import frame, is_probe
 from notifications import metrics
-from notifications.protocol import GREETING, group_name
+from notifications.protocol import group_name
 from tests.asgi import application
+from tests.communicators import connect, connected, register, send
 
 pytestmark = pytest.mark.usefixtures("in_memory_layer")
 
 
-async def connect(path: str = "/", headers: list[tuple[bytes, bytes]] | None = None) -> WebsocketCommunicator:
-    communicator = WebsocketCommunicator(application, path, headers=headers or [])
-    connected, _ = await communicator.connect()
-    assert connected
-    assert await communicator.receive_from() == GREETING
-    return communicator
-
-
-async def register(communicator: WebsocketCommunicator, recipient: str) -> None:
-    await communicator.send_to(text_data=json.dumps({"recipient_uuid": recipient, "message": "connected"}))
-    # The consumer handles a connection's frames in order: once a message sent
-    # to itself arrives, the registration before it is in effect.
-    probe = f"probe-{id(communicator)}"
-    await communicator.send_to(text_data=json.dumps({"recipient_uuid": recipient, "message": probe}))
-    assert await communicator.receive_from() == probe
-
-
-def send(communicator: WebsocketCommunicator, recipient: object, message: object) -> object:
-    return communicator.send_to(text_data=json.dumps({"recipient_uuid": recipient, "message": message}))
-
-
 @pytest.fixture
 async def recipient() -> AsyncIterator[WebsocketCommunicator]:
-    communicator = await connect()
-    await register(communicator, "receiver-uuid")
-    yield communicator
-    await communicator.disconnect()
+    async with connected("receiver-uuid") as communicator:
+        yield communicator
 
 
 @pytest.fixture
 async def sender() -> AsyncIterator[WebsocketCommunicator]:
-    communicator = await connect()
-    yield communicator
-    await communicator.disconnect()
+    async with connected() as communicator:
+        yield communicator
 
 
 async def test_the_greeting_comes_first_on_both_paths() -> None:
@@ -87,7 +64,7 @@ async def test_every_connection_registered_under_an_id_receives(sender: Websocke
         # Earlier tabs also saw this tab's probe.
     for i, tab in enumerate(tabs):
         for _ in range(len(tabs) - i - 1):
-            assert (await tab.receive_from()).startswith("probe-")
+            assert is_probe(await tab.receive_from())
     await send(sender, "two-tabs", "image2video")
     for tab in tabs:
         assert await tab.receive_from() == "image2video"
@@ -147,7 +124,7 @@ BAD_FRAMES = {
     "no recipient_uuid": '{"message": "hi"}',
     "an empty recipient_uuid": '{"recipient_uuid": "", "message": "hi"}',
     "a numeric recipient_uuid": '{"recipient_uuid": 7, "message": "hi"}',
-    "an id over 255 characters": json.dumps({"recipient_uuid": "r" * 256, "message": "hi"}),
+    "an id over 255 characters": frame("r" * 256, "hi"),
     "no message": '{"recipient_uuid": "receiver-uuid"}',
     "a lone surrogate in the message": '{"recipient_uuid": "receiver-uuid", "message": "\\ud800"}',
     "a lone surrogate in the id": '{"recipient_uuid": "\\ud800", "message": "connected"}',
@@ -190,7 +167,7 @@ async def test_ids_beyond_the_per_connection_limit_are_refused(
     await register(greedy, "one")
     await register(greedy, "two")
     with caplog.at_level(logging.WARNING, logger="notifications"):
-        await greedy.send_to(text_data=json.dumps({"recipient_uuid": "three", "message": "connected"}))
+        await send(greedy, "three", "connected")
         await send(sender, "three", "not for you")
         assert await greedy.receive_nothing()
     assert "already 2 ids registered" in caplog.text

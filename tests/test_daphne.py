@@ -9,16 +9,9 @@ from collections.abc import Callable
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from harness.clients import assert_receives_nothing, frame, open_client, receive, register_confirmed, send_once
+from harness.servers import Daphne, wait_until
 from notifications.protocol import GREETING
-from tests.clients import (
-    frame,
-    open_client,
-    receive,
-    receives_nothing,
-    register_confirmed,
-    send_once,
-)
-from tests.servers import Daphne, wait_until
 
 
 async def test_greet_register_and_receive_from_a_short_lived_sender(daphne: Daphne) -> None:
@@ -64,7 +57,7 @@ async def test_a_hundred_recipients_each_get_their_own_message(daphne: Daphne) -
         await sender.send(frame(f"user-{i}", f"message for {i}"))
     received = await asyncio.gather(*(receive(ws) for ws in recipients))
     assert received == [f"message for {i}" for i in range(100)]
-    assert all(await asyncio.gather(*(receives_nothing(ws, 0.2) for ws in recipients)))
+    await asyncio.gather(*(assert_receives_nothing(ws, 0.2) for ws in recipients))
     await sender.close()
     await asyncio.gather(*(ws.close() for ws in recipients))
 
@@ -84,8 +77,8 @@ async def test_bad_input_keeps_the_connection_open_and_disturbs_nobody(daphne: D
     ]:
         await sender.send(bad)
     await sender.send(b"\x00\x01binary")
-    assert await receives_nothing(sender)
-    assert await receives_nothing(recipient)
+    await assert_receives_nothing(sender)
+    await assert_receives_nothing(recipient)
     await sender.send(frame("victim", "after the noise"))
     assert await receive(recipient) == "after the noise"
     log = daphne.log()
@@ -104,7 +97,7 @@ async def test_a_frame_over_the_size_limit_ends_only_that_connection(daphne_fact
     with pytest.raises(ConnectionClosed) as closed:
         await receive(offender)
     assert closed.value.rcvd is None or closed.value.rcvd.code in (1009, 1006)
-    assert await receives_nothing(recipient)
+    await assert_receives_nothing(recipient)
     await send_once(server.url, "bystander", "still served")
     assert await receive(recipient) == "still served"
     await recipient.close()
@@ -124,7 +117,7 @@ async def test_registrations_outlive_many_keepalive_rounds(daphne_factory: Calla
     ws = await open_client(server.url)
     await register_confirmed(ws, "long-lived")
     # Idle for several ping rounds: nothing arrives and the connection stays open.
-    assert await receives_nothing(ws, within=4.0)
+    await assert_receives_nothing(ws, within=4.0)
     await send_once(server.url, "long-lived", "still registered")
     assert await receive(ws) == "still registered"
     await ws.close()

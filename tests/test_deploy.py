@@ -28,8 +28,9 @@ from websockets.asyncio.client import ClientConnection
 from websockets.protocol import State
 
 from deploy.render import DEFAULTS, PLACEHOLDER, TEMPLATES, render, render_all
+from harness.clients import AdminSession, frame, open_client, receive, register_confirmed
+from harness.servers import ROOT, Python, RedisServer, eventually, free_port, nginx_conf, wait_until
 from notifications.models import Connection, Registration, ServerProcess
-from tests.clients import AdminSession, frame, open_client, receive, register_confirmed
 from tests.deploy_servers import (
     TEST_SECRET_KEY,
     Deployment,
@@ -38,16 +39,6 @@ from tests.deploy_servers import (
     set_env_values,
     start_deployment,
     start_systemd_service,
-)
-from tests.servers import (
-    ROOT,
-    RedisServer,
-    child_env,
-    eventually,
-    free_port,
-    nginx_conf,
-    require_program,
-    wait_until,
 )
 
 DEPLOY = ROOT / "deploy"
@@ -58,6 +49,7 @@ NGINX_HINT = "apt-get install nginx (Debian/Ubuntu)"
 CLIENT_ADDRESS = "127.0.0.3"
 FORGED = {"X-Forwarded-For": "6.6.6.6", "X-Real-IP": "6.6.6.6", "X-Real-Port": "666"}
 TIMEOUT = 15.0
+WITH_ENV = str(ROOT / "bin" / "with-env")
 
 
 # The files themselves.
@@ -144,7 +136,7 @@ def test_the_renderer_takes_addresses_as_nginx_does() -> None:
         assert render("nginx/notify.conf", {"LISTEN": listen}).count(f"listen {listen};") == 1
 
 
-def test_the_environment_file_is_a_valid_configuration_that_needs_only_a_key(tmp_path: Path) -> None:
+def test_the_environment_file_is_a_valid_configuration_that_needs_only_a_key(tmp_path: Path, manage: Python) -> None:
     values = render_deploy(tmp_path, port=8765, listen_port=80)
     env_file = Path(values["ENV_FILE"])
     env_file.parent.mkdir()
@@ -152,12 +144,11 @@ def test_the_environment_file_is_a_valid_configuration_that_needs_only_a_key(tmp
 
     def deploy_check() -> subprocess.CompletedProcess[str]:
         # Every value goes through the project's settings and its deployment checks, as a server's would.
-        return subprocess.run(
-            [str(ROOT / "bin" / "with-env"), str(env_file), sys.executable, "manage.py", "check", "--deploy"],
-            cwd=ROOT,
-            env=child_env({"DJANGO_SECRET_KEY": None, "DJANGO_DEBUG": None}),
-            capture_output=True,
-            text=True,
+        return manage(
+            "check",
+            "--deploy",
+            env={"DJANGO_SECRET_KEY": None, "DJANGO_DEBUG": None},
+            launcher=(WITH_ENV, str(env_file)),
         )
 
     env_file.write_text(template)
@@ -175,9 +166,6 @@ def test_the_environment_file_is_a_valid_configuration_that_needs_only_a_key(tmp
     assert with_tls.returncode == 0, with_tls.stderr
     warned = set(re.findall(r"\((security\.W\d+)\)", with_tls.stderr))
     assert not warned & {"security.W004", "security.W008", "security.W012", "security.W016"}, with_tls.stderr
-
-
-WITH_ENV = str(ROOT / "bin" / "with-env")
 
 
 def test_with_env_passes_values_as_written_without_running_them_as_shell(tmp_path: Path) -> None:
@@ -219,8 +207,7 @@ def test_with_env_refuses_a_malformed_line_in_one_line_naming_it(tmp_path: Path,
     assert not witness.exists()
 
 
-def test_the_nginx_site_passes_nginx_t_with_and_without_rate_limiting(tmp_path: Path) -> None:
-    nginx = require_program("nginx", install_hint=NGINX_HINT)
+def test_the_nginx_site_passes_nginx_t_with_and_without_rate_limiting(tmp_path: Path, nginx_binary: str) -> None:
     render_deploy(tmp_path, port=8765, listen_port=8080)
     site = tmp_path / "deploy" / "nginx" / "notify.conf"
     limited = tmp_path / "limited.conf"
@@ -230,7 +217,7 @@ def test_the_nginx_site_passes_nginx_t_with_and_without_rate_limiting(tmp_path: 
         prefix = tmp_path / name
         conf = nginx_conf(prefix, path)
         result = subprocess.run(
-            [nginx, "-t", "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(conf)],
+            [nginx_binary, "-t", "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(conf)],
             capture_output=True,
             text=True,
         )
@@ -238,15 +225,14 @@ def test_the_nginx_site_passes_nginx_t_with_and_without_rate_limiting(tmp_path: 
         assert "test is successful" in result.stderr
 
 
-def test_the_systemd_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
-    analyze = require_program("systemd-analyze", install_hint="apt-get install systemd (Debian/Ubuntu)")
+def test_the_systemd_units_pass_systemd_analyze_verify(tmp_path: Path, systemd_analyze: str) -> None:
     values = render_deploy(tmp_path, port=8765, listen_port=80)
     Path(values["ENV_FILE"]).parent.mkdir()
     Path(values["ENV_FILE"]).write_text("")
     units = tmp_path / "deploy" / "systemd"
     # verify reports bad lines as warnings with exit code 0: no output at all is the pass.
     result = subprocess.run(
-        [analyze, "verify", str(units / "notify.socket"), str(units / "notify@.service")],
+        [systemd_analyze, "verify", str(units / "notify.socket"), str(units / "notify@.service")],
         capture_output=True,
         text=True,
         env={**os.environ, "SYSTEMD_LOG_LEVEL": "notice"},
@@ -391,11 +377,6 @@ def open_file_soft_limit(pid: int) -> int:
 
 
 @pytest.fixture
-def nginx_binary() -> str:
-    return require_program("nginx", install_hint=NGINX_HINT)
-
-
-@pytest.fixture
 def deployments() -> Iterator[list[Deployment]]:
     started: list[Deployment] = []
     yield started
@@ -478,14 +459,6 @@ async def test_supervisord_runs_two_daphne_processes_on_one_socket_behind_nginx_
         await client.ws.close()
 
 
-@pytest.fixture
-def own_redis() -> Iterator[list[RedisServer]]:
-    """A Redis of this test's own, which it stops and starts again (never the machine's)."""
-    servers = [RedisServer.start()]
-    yield servers
-    servers[-1].stop()
-
-
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("async_db")
 async def test_after_redis_comes_back_registered_clients_receive_again_without_reconnecting(
@@ -493,10 +466,10 @@ async def test_after_redis_comes_back_registered_clients_receive_again_without_r
     nginx_binary: str,
     deployments: list[Deployment],
     database_url: str,
-    own_redis: list[RedisServer],
+    own_redis: RedisServer,
     redis_prefix: str,
 ) -> None:
-    redis = own_redis[0]
+    redis = own_redis
     settings = deployment_settings(database_url, redis.url, redis_prefix)
     deployment = start_deployment(tmp_path, settings=settings, nginx_binary=nginx_binary)
     deployments.append(deployment)
@@ -506,7 +479,6 @@ async def test_after_redis_comes_back_registered_clients_receive_again_without_r
     clients = await clients_on_every_process(nginx.url, set(pids.values()), prefix="before", at_least=2)
     await every_client_reaches_every_other(clients)
 
-    port = int(redis.url.rsplit(":", 1)[1].split("/")[0])
     redis.stop()
     # Each process notices; a notification meanwhile is lost, counted and logged with its id.
     await wait_until(
@@ -520,7 +492,7 @@ async def test_after_redis_comes_back_registered_clients_receive_again_without_r
         ),
         seconds=TIMEOUT,
     )
-    own_redis.append(RedisServer.start(port=port))
+    redis.start_again()
 
     for sender, receiver in itertools.permutations(clients, 2):
         await probe_until_received(sender.ws, receiver, f"after the outage {sender.recipient}")
@@ -556,14 +528,15 @@ def systemd_services() -> Iterator[list[SocketActivated]]:
 async def test_the_systemd_units_exec_start_serves_the_socket_units_address_with_the_environment_file(
     tmp_path: Path,
     systemd_services: list[SocketActivated],
+    socket_activate: str,
+    manage: Python,
     database_url: str,
     redis_url: str,
     redis_prefix: str,
 ) -> None:
-    activate = require_program("systemd-socket-activate", install_hint="apt-get install systemd (Debian/Ubuntu)")
     values = render_with_settings(tmp_path, deployment_settings(database_url, redis_url, redis_prefix))
     env_file = Path(values["ENV_FILE"])
-    service = start_systemd_service(activate, tmp_path, values)
+    service = start_systemd_service(socket_activate, tmp_path, values)
     systemd_services.append(service)
     assert service.url == f"ws://127.0.0.1:{values['PORT']}/"
 
@@ -586,13 +559,12 @@ async def test_the_systemd_units_exec_start_serves_the_socket_units_address_with
     await eventually(recorded, seconds=TIMEOUT)
     # manage.py reaches the unit's process through Redis (the environment file's REDIS_URL and prefix).
     sent = await asyncio.to_thread(
-        subprocess.run,
-        [WITH_ENV, str(env_file), sys.executable, "manage.py", "notify", "systemd-receiver", "by manage.py notify"],
-        cwd=ROOT,
-        env=child_env({"REDIS_URL": None, "DATABASE_URL": None, "DJANGO_SECRET_KEY": None}),
-        capture_output=True,
-        text=True,
-        timeout=60,
+        manage,
+        "notify",
+        "systemd-receiver",
+        "by manage.py notify",
+        env={"REDIS_URL": None, "DATABASE_URL": None, "DJANGO_SECRET_KEY": None},
+        launcher=(WITH_ENV, str(env_file)),
     )
     assert sent.returncode == 0, sent.stderr
     assert await receive(receiver, TIMEOUT) == "by manage.py notify"

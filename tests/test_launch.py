@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import ROOT
+from harness.servers import ROOT
 
 
 def launch_line(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> list[str]:

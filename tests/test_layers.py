@@ -9,10 +9,10 @@ import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
 
+from harness.servers import free_port, wait_until
 from notifications import metrics
 from notifications.layers.memory import InMemoryLayer
 from notifications.layers.redis import RedisPubSubLayer
-from tests.servers import free_port, wait_until
 
 EVENT = "notify.message"
 
@@ -113,7 +113,6 @@ async def channels_in_redis(redis_url: str, prefix: str) -> int:
         await client.aclose()
 
 
-@pytest.mark.redis
 async def test_pubsub_many_concurrent_sends_arrive_once_each_and_in_order(
     pubsub: RedisPubSubLayer, redis_url: str, redis_prefix: str
 ) -> None:
@@ -128,7 +127,6 @@ async def test_pubsub_many_concurrent_sends_arrive_once_each_and_in_order(
     assert received == [f"m{i}" for i in range(40)]
 
 
-@pytest.mark.redis
 async def test_pubsub_full_channel_is_counted_and_logged_with_the_recipient(
     redis_url: str, redis_prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -147,7 +145,6 @@ async def test_pubsub_full_channel_is_counted_and_logged_with_the_recipient(
         await layer.flush()
 
 
-@pytest.mark.redis
 async def test_pubsub_cancelled_receivers_unsubscribe_quietly(
     redis_url: str, redis_prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -170,7 +167,6 @@ async def test_pubsub_cancelled_receivers_unsubscribe_quietly(
         await layer.flush()
 
 
-@pytest.mark.redis
 async def test_pubsub_publish_to_a_redis_that_is_down_raises() -> None:
     layer = RedisPubSubLayer(hosts=[f"redis://127.0.0.1:{free_port()}/0"])
     try:

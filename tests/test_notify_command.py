@@ -3,31 +3,24 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Callable
 
 import pytest
 
-from tests.clients import open_client, receive, receives_nothing, register_confirmed, registry_counts
-from tests.servers import ROOT, Daphne, child_env, free_port
+from harness.clients import assert_receives_nothing, open_client, receive, register_confirmed
+from harness.servers import Daphne, Python, free_port
+from tests.presence import registry_counts
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("async_db")]
 
 
 @pytest.fixture
-def manage(database_url: str) -> Callable[..., subprocess.CompletedProcess[str]]:
-    """Run ``manage.py`` as an operator on the server's machine: same database, no DEBUG needed."""
+def manage(manage: Python, database_url: str) -> Python:
+    """``manage.py`` as an operator runs it on the server's machine: same database, no DEBUG needed."""
 
     def run(*args: str, env: dict[str, str | None], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "manage.py", *args],
-            cwd=ROOT,
-            env=child_env({"DJANGO_DEBUG": "1", "NOTIFY_SERVER_URL": None, "DATABASE_URL": database_url, **env}),
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        base = {"DJANGO_DEBUG": "1", "NOTIFY_SERVER_URL": None, "DATABASE_URL": database_url}
+        return manage(*args, env={**base, **env}, stdin=stdin)
 
     return run
 
@@ -107,7 +100,7 @@ async def test_notify_reads_the_message_from_stdin_and_checks_json(
     broken = manage("notify", "piped", "{status: 200", "--json", env=env)
     assert broken.returncode == 2
     assert one_error_line(broken).startswith("CommandError: Cannot send: --json: the message is not valid JSON (")
-    assert await receives_nothing(ws)
+    await assert_receives_nothing(ws)
 
 
 async def test_notify_all_reaches_every_registered_connection_once_through_redis(
@@ -129,8 +122,8 @@ async def test_notify_all_reaches_every_registered_connection_once_through_redis
     assert result.stdout == "Sent to every registered connection: 2 live connections.\n"
     assert await receive(alice) == "maintenance at noon"
     assert await receive(bob) == "maintenance at noon"
-    assert await receives_nothing(alice)  # not once per id
-    assert await receives_nothing(unregistered)
+    await assert_receives_nothing(alice)  # not once per id
+    await assert_receives_nothing(unregistered)
 
 
 async def test_notify_all_goes_through_the_server_on_the_embedded_default(
@@ -150,7 +143,7 @@ async def test_notify_all_goes_through_the_server_on_the_embedded_default(
     # Protocol v1 has no broadcast: one frame per registered id, so alice's connection gets one per id.
     assert [await receive(alice), await receive(alice)] == ["maintenance at noon"] * 2
     assert await receive(bob) == "maintenance at noon"
-    assert await receives_nothing(unregistered)
+    await assert_receives_nothing(unregistered)
 
 
 @pytest.mark.parametrize(
@@ -216,7 +209,7 @@ async def test_notify_fails_when_the_server_drops_a_message_over_its_size_limit(
     assert one_error_line(result).startswith(
         f"CommandError: Cannot send: the server at {daphne.url} dropped the connection"
     )
-    assert await receives_nothing(ws)
+    await assert_receives_nothing(ws)
 
 
 def test_notify_json_refuses_what_browsers_cannot_parse(

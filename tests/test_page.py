@@ -10,7 +10,6 @@ import asyncio
 import itertools
 import os
 import re
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import quote
@@ -19,9 +18,10 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
+from harness.clients import open_client, receive, register_confirmed, send_once
+from harness.servers import ROOT, Daphne, Nginx, Python, free_port
 from notifications.protocol import GREETING
-from tests.clients import open_client, receive, register_confirmed, send_once
-from tests.servers import ROOT, Daphne, Nginx, child_env, free_port, require_program
+from tests.programs import require_program
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -93,29 +93,15 @@ async def confirm_receiving(page: Page, recipient: str, *, attempts: int = 10) -
     raise AssertionError(f"the page never received what it sent to {recipient!r}")
 
 
-async def notify(daphne: Daphne, recipient: str, message: str) -> None:
+async def notify(manage: Python, daphne: Daphne, recipient: str, message: str) -> None:
     """``python manage.py notify`` in a second terminal beside the server: no debug, no key, the server's address."""
-    env = child_env(
-        {"NOTIFY_SERVER_URL": daphne.url, "REDIS_URL": None, "DJANGO_DEBUG": None, "DJANGO_SECRET_KEY": None}
-    )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "manage.py",
-        "notify",
-        recipient,
-        message,
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(60):
-        stdout, stderr = await process.communicate()
-    assert process.returncode == 0, stderr.decode()
+    env = {"NOTIFY_SERVER_URL": daphne.url, "REDIS_URL": None, "DJANGO_DEBUG": None, "DJANGO_SECRET_KEY": None}
+    done = await asyncio.to_thread(manage, "notify", recipient, message, env=env)
+    assert done.returncode == 0, done.stderr
 
 
 async def test_a_notification_sent_with_manage_py_notify_appears_with_its_time(
-    browser: Browser, daphne: Daphne, artifacts: Path
+    browser: Browser, daphne: Daphne, artifacts: Path, manage: Python
 ) -> None:
     recipient = "3f1c2a9e-4b7d-4e8a-9c61-2d5f0b7e8a14"
     page = await open_example(browser, f"{daphne.http_url}/example/#{recipient}")
@@ -125,7 +111,7 @@ async def test_a_notification_sent_with_manage_py_notify_appears_with_its_time(
     texts, total = notifications(page)
     await expect(total).to_have_text("1")  # the probe; the server's greeting is no notification
 
-    await notify(daphne, recipient, "hello")
+    await notify(manage, daphne, recipient, "hello")
     await expect(texts.first).to_have_text("hello")
     await expect(page.locator("#notifications li time").first).to_have_text(re.compile(r"^\d\d:\d\d:\d\d$"))
     await expect(total).to_have_text("2")

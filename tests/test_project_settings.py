@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 from django.core.checks import run_checks
 
+from harness.servers import Daphne, Python
 from notifyproject.environment import (
     ConfigurationError,
     app_settings,
@@ -20,14 +19,6 @@ from notifyproject.environment import (
     env_seconds,
     env_websocket_url,
 )
-from tests.servers import ROOT, child_env, start_daphne
-
-
-def run(*args: str, env: dict[str, str | None]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, env=child_env(env), capture_output=True, text=True, timeout=60
-    )
-
 
 # The parsers, as functions.
 
@@ -118,30 +109,29 @@ def test_a_missing_secret_key_with_debug_off_fails_the_deployment_checks(setting
 # Through real processes: one line, never a traceback.
 
 
-def test_management_commands_need_no_secret_key() -> None:
-    result = run("manage.py", "check", env={"DJANGO_SECRET_KEY": None, "DJANGO_DEBUG": "0"})
+def test_management_commands_need_no_secret_key(run_python: Python) -> None:
+    result = run_python("manage.py", "check", env={"DJANGO_SECRET_KEY": None, "DJANGO_DEBUG": "0"})
     assert result.returncode == 0, result.stderr
 
 
-def test_a_missing_secret_key_fails_check_deploy() -> None:
-    result = run("manage.py", "check", "--deploy", env={"DJANGO_SECRET_KEY": None, "DJANGO_DEBUG": "0"})
+def test_a_missing_secret_key_fails_check_deploy(run_python: Python) -> None:
+    result = run_python("manage.py", "check", "--deploy", env={"DJANGO_SECRET_KEY": None, "DJANGO_DEBUG": "0"})
     assert result.returncode != 0
     assert "notifyproject.E001" in result.stderr
     assert "Traceback" not in result.stderr
 
 
-def test_daphne_refuses_to_start_without_a_secret_key(tmp_path: Path) -> None:
+def test_daphne_refuses_to_start_without_a_secret_key(daphne_factory: Callable[..., Daphne]) -> None:
     with pytest.raises(RuntimeError) as failed:
-        start_daphne(env={"DJANGO_SECRET_KEY": None, "DJANGO_DEBUG": "0"}, log_dir=tmp_path)
+        daphne_factory({"DJANGO_SECRET_KEY": None, "DJANGO_DEBUG": "0"})
     log = str(failed.value)
     assert "Configuration error: notifyproject.E001: DJANGO_SECRET_KEY is not set" in log
     assert "Traceback" not in log
 
 
-def test_a_short_api_key_stops_the_server_without_showing_the_key(tmp_path: Path) -> None:
-    env = {"NOTIFY_API_KEYS": "k" * 40 + ",guessable", "DJANGO_DEBUG": "1"}
+def test_a_short_api_key_stops_the_server_without_showing_the_key(daphne_factory: Callable[..., Daphne]) -> None:
     with pytest.raises(RuntimeError) as failed:
-        start_daphne(env=env, log_dir=tmp_path)
+        daphne_factory({"NOTIFY_API_KEYS": "k" * 40 + ",guessable", "DJANGO_DEBUG": "1"})
     log = str(failed.value)
     assert "Configuration error: notifications.E016: NOTIFICATIONS_API_KEYS: key number 2 is shorter than 32" in log
     assert "guessable" not in log
@@ -157,8 +147,10 @@ def test_a_short_api_key_stops_the_server_without_showing_the_key(tmp_path: Path
         ("NOTIFY_MAX_QUEUED_MESSAGES", "lots", "Configuration error: NOTIFY_MAX_QUEUED_MESSAGES='lots'"),
     ],
 )
-def test_a_bad_environment_value_is_one_clear_line(variable: str, value: str, expected: str) -> None:
-    result = run(
+def test_a_bad_environment_value_is_one_clear_line(
+    run_python: Python, variable: str, value: str, expected: str
+) -> None:
+    result = run_python(
         "manage.py",
         "check",
         env={variable: value, "DJANGO_DEBUG": "1"} if variable != "DJANGO_DEBUG" else {variable: value},
@@ -168,19 +160,21 @@ def test_a_bad_environment_value_is_one_clear_line(variable: str, value: str, ex
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_the_log_level_comes_from_the_environment() -> None:
+def test_the_log_level_comes_from_the_environment(run_python: Python) -> None:
     code = "import django; django.setup(); import logging; print(logging.getLogger('notifications').level)"
-    result = run("-c", code, env={"LOG_LEVEL": "warning", "DJANGO_DEBUG": "1"})
+    result = run_python("-c", code, env={"LOG_LEVEL": "warning", "DJANGO_DEBUG": "1"})
     assert result.stdout.strip() == str(30), result.stderr
 
 
 @pytest.mark.parametrize(("behind_proxy", "trusted"), [("1", True), ("0", False), (None, False)])
-def test_x_forwarded_proto_is_trusted_only_behind_the_proxy(behind_proxy: str | None, trusted: bool) -> None:
+def test_x_forwarded_proto_is_trusted_only_behind_the_proxy(
+    run_python: Python, behind_proxy: str | None, trusted: bool
+) -> None:
     code = (
         "import django; django.setup(); from django.conf import settings; "
         "print(getattr(settings, 'SECURE_PROXY_SSL_HEADER', None) is not None)"
     )
-    result = run("-c", code, env={"NOTIFY_BEHIND_PROXY": behind_proxy, "DJANGO_DEBUG": "1"})
+    result = run_python("-c", code, env={"NOTIFY_BEHIND_PROXY": behind_proxy, "DJANGO_DEBUG": "1"})
     assert result.stdout.strip() == str(trusted), result.stderr
 
 
@@ -188,13 +182,13 @@ HTTPS_WARNINGS = {"security.W004", "security.W008", "security.W012", "security.W
 
 
 @pytest.mark.parametrize(("https", "warned"), [("1", set()), ("0", HTTPS_WARNINGS)])
-def test_https_mode_answers_the_deployment_checks_about_tls(https: str, warned: set[str]) -> None:
+def test_https_mode_answers_the_deployment_checks_about_tls(run_python: Python, https: str, warned: set[str]) -> None:
     env = {
         "DJANGO_DEBUG": "0",
         "DJANGO_SECRET_KEY": "a-long-random-production-key-" + "x" * 40,
         "DJANGO_HTTPS": https,
         "NOTIFY_BEHIND_PROXY": "1",
     }
-    result = run("manage.py", "check", "--deploy", env=env)
+    result = run_python("manage.py", "check", "--deploy", env=env)
     assert result.returncode == 0, result.stderr
     assert {w for w in HTTPS_WARNINGS if f"({w})" in result.stderr} == warned

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 
@@ -94,7 +95,20 @@ def test_ids_differing_in_any_code_point_are_distinct_recipients() -> None:
     composed, decomposed = "caf\u00e9", "cafe\u0301"  # the same text to a reader, not to us
     assert group_name(composed) != group_name(decomposed)
     assert group_name("A") != group_name("a")
-    assert group_name("r") == group_name("r")
+    ids = ["r", "r ", " r", "R", "r\u200b", "test-uuid", "test_uuid", "x" * 255, "x" * 254]
+    assert len({group_name(recipient) for recipient in ids}) == len(ids)
+
+
+def test_a_group_name_is_the_prefix_and_the_sha256_of_the_ids_utf8_bytes() -> None:
+    # A known digest: every process (and every version) must name an id's group alike.
+    assert group_name("test-uuid") == "notify.df1c3ea58c80b791504742601b7bc41239eab2522822010e17d6b365fe2782f9"
+    assert group_name("caf\u00e9") == "notify." + hashlib.sha256("café".encode()).hexdigest()
+    assert re.fullmatch(r"notify\.[0-9a-f]{64}", group_name("日本語"))
+
+
+def test_the_group_prefix_is_a_setting(settings: pytest.FixtureRequest) -> None:
+    settings.NOTIFICATIONS_GROUP_PREFIX = "tenant7."
+    assert group_name("test-uuid") == "tenant7.df1c3ea58c80b791504742601b7bc41239eab2522822010e17d6b365fe2782f9"
 
 
 def test_describe_makes_client_ids_safe_to_log() -> None:

@@ -10,9 +10,9 @@ from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
 from django.urls import reverse
 
+from harness.clients import AdminSession, open_client, register
+from harness.servers import Daphne, Nginx, eventually
 from notifications.models import Connection
-from tests.clients import AdminSession, open_client, register
-from tests.servers import Daphne, Nginx, eventually
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("async_db")]
 

@@ -4,25 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from harness.clients import frame, open_client, register_confirmed
+from harness.servers import Daphne, RedisServer, free_port, wait_until
 from notifications import metrics
 from notifications.consumers import CLOSE_TRY_AGAIN_LATER
 from notifications.exceptions import DeliveryFailed
 from notifications.sending import asend
-from tests.clients import frame, open_client, register_confirmed
-from tests.servers import Daphne, RedisServer, free_port, wait_until
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    """A Redis of this test's own, which it may stop."""
-    server = RedisServer.start()
-    yield server
-    server.stop()
 
 
 async def test_sending_while_redis_is_down_raises_counts_and_logs_the_id(

@@ -7,8 +7,8 @@ from collections.abc import Awaitable
 
 from redis import asyncio as aioredis
 
-from tests.clients import frame, open_client, receive, receives_nothing, register_confirmed, send_once
-from tests.servers import Daphne, eventually
+from harness.clients import assert_receives_nothing, frame, open_client, receive, register_confirmed, send_once
+from harness.servers import Daphne, eventually
 
 
 async def test_a_sender_on_one_process_reaches_a_recipient_on_the_other(
@@ -29,7 +29,7 @@ async def test_tabs_on_both_processes_all_receive(redis_daphne_pair: tuple[Daphn
         await register_confirmed(tab, "everywhere")
     await send_once(b.url, "everywhere", "fan out")
     assert [await receive(tab) for tab in tabs] == ["fan out"] * 4
-    assert all([await receives_nothing(tab, 0.3) for tab in tabs])
+    await asyncio.gather(*(assert_receives_nothing(tab, 0.3) for tab in tabs))
     for tab in tabs:
         await tab.close()
 

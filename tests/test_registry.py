@@ -13,11 +13,12 @@ from asgiref.sync import sync_to_async
 from django.db import connection
 from django.db.models.functions import Now
 
+from harness.clients import open_client, register, register_confirmed
+from harness.servers import Daphne, eventually
 from notifications.conf import conf
 from notifications.models import Connection, Registration, ServerProcess
 from notifications.presence import aconnection_count, ais_online, connection_count, connection_counts, is_online
-from tests.clients import open_client, register, register_confirmed
-from tests.servers import Daphne, eventually, skewed_clock
+from tests.programs import skewed_clock
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("async_db")]
 
@@ -196,7 +197,6 @@ def _in_log(server: Daphne, text: str) -> Callable[[], Any]:
     return condition
 
 
-@pytest.mark.redis
 async def test_presence_counts_the_connections_of_an_id_on_every_process(
     redis_daphne_pair: tuple[Daphne, Daphne],
 ) -> None:
@@ -227,7 +227,6 @@ async def test_presence_counts_the_connections_of_an_id_on_every_process(
     await other.close()
 
 
-@pytest.mark.redis
 async def test_two_hundred_clients_connecting_and_disconnecting_at_once_leave_no_errors_and_no_rows(
     redis_daphne_pair: tuple[Daphne, Daphne],
 ) -> None:

@@ -19,25 +19,19 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
 from django.test import AsyncClient
 
+from harness.clients import AdminSession, open_client, receive, register_confirmed
+from harness.servers import ROOT, Daphne, free_port
 from notifications import views
 from notifications.exceptions import DeliveryFailed, InvalidNotification
-from notifications.protocol import GREETING
 from notifications.sending import SendResult, abroadcast, asend, send
-from tests.asgi import application
-from tests.clients import AdminSession, open_client, receive, register_confirmed, registry_counts
-from tests.servers import ROOT, Daphne, free_port
+from tests.communicators import connected
+from tests.presence import registry_counts
 
 
 @pytest.fixture
 async def owner() -> AsyncIterator[WebsocketCommunicator]:
-    communicator = WebsocketCommunicator(application, "/")
-    assert (await communicator.connect())[0]
-    assert await communicator.receive_from() == GREETING
-    await communicator.send_to(text_data=json.dumps({"recipient_uuid": "owner-1", "message": "connected"}))
-    await communicator.send_to(text_data=json.dumps({"recipient_uuid": "owner-1", "message": "ready?"}))
-    assert await communicator.receive_from() == "ready?"
-    yield communicator
-    await communicator.disconnect()
+    async with connected("owner-1") as communicator:
+        yield communicator
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.clients import open_client, receive, register_confirmed, send_once
-from tests.servers import ROOT, free_port, wait_for_port
+from harness.clients import open_client, receive, register_confirmed, send_once
+from harness.servers import ROOT, free_port, wait_for_port
 
 
 @pytest.fixture

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from typing import Any
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
+from harness.servers import Python
 from notifications import server
-from tests.servers import ROOT, child_env
 
 
 def test_a_failed_check_refuses_to_start_with_one_line_per_error(settings: Any) -> None:
@@ -35,17 +33,10 @@ print("serving after:", is_serving(), "registry started:", registry.started)
 """
 
 
-def test_a_process_that_imports_twisted_without_running_daphne_is_no_daphne_server() -> None:
+def test_a_process_that_imports_twisted_without_running_daphne_is_no_daphne_server(run_python: Python) -> None:
     # django.setup() imports Twisted's reactor whenever daphne is in INSTALLED_APPS;
     # start_server() must not take that for "running under daphne".
-    result = subprocess.run(
-        [sys.executable, "-c", PROBE],
-        cwd=ROOT,
-        env=child_env({"DJANGO_DEBUG": "1"}),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_python("-c", PROBE, env={"DJANGO_DEBUG": "1"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         "reactor imported: True",

@@ -1,4 +1,4 @@
-"""Real servers for the tests: redis-server and daphne processes on free ports."""
+"""The processes the tests and the benchmark start: redis-server, daphne, nginx and manage.py, on free ports."""
 
 from __future__ import annotations
 
@@ -11,30 +11,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import pytest
-
 from deploy.render import render
 
 ROOT = Path(__file__).resolve().parent.parent
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
-def require_program(name: str, *, install_hint: str) -> str:
-    """The path of a system program; skip the test without it (fail under CI=true)."""
-    # Daemons such as nginx live in sbin, which is not on every user's PATH.
-    path = shutil.which(name) or shutil.which(name, path="/usr/local/sbin:/usr/sbin:/sbin")
-    if path:
-        return path
-    message = f"{name} is not installed: {install_hint}"
-    if IN_CI:
-        pytest.fail(message + " (CI=true: .ci/run must install it)")
-    pytest.skip(message)
+def find_program(name: str) -> str | None:
+    """The path of a system program, or None; daemons such as nginx live in sbin, which is not on every PATH."""
+    return shutil.which(name) or shutil.which(name, path="/usr/local/sbin:/usr/sbin:/sbin")
 
 
 def child_env(overrides: Mapping[str, str | None]) -> dict[str, str]:
@@ -51,19 +41,31 @@ def child_env(overrides: Mapping[str, str | None]) -> dict[str, str]:
     return env
 
 
-def skewed_clock(seconds: int) -> dict[str, str]:
-    """The environment that shifts a child's wall clock by ``seconds`` (libfaketime), as on a host whose clock is off.
+# What runs a Python child: run_python and the tests' fixtures built on it.
+Python = Callable[..., subprocess.CompletedProcess[str]]
 
-    The monotonic clock stays true, so the child's timers (asyncio, the
-    heartbeat) keep their pace. The library is preloaded directly: the
-    ``faketime`` program forks, so a signal would reach it and not the child.
+
+def run_python(
+    *args: str,
+    env: Mapping[str, str | None],
+    stdin: str | None = None,
+    timeout: float = 60,
+    launcher: Sequence[str] = (),
+) -> subprocess.CompletedProcess[str]:
+    """Run this Python on ``args`` (``manage.py ...``, ``-c code``) in the project folder; output captured.
+
+    ``env`` goes over the current environment as :func:`child_env` says;
+    ``launcher`` runs before the interpreter (``bin/with-env FILE``, as docs/DEPLOY.md does).
     """
-    wrapper = require_program("faketime", install_hint="apt-get install faketime (Debian/Ubuntu)")
-    # The wrapper knows where its package put the library.
-    preload = subprocess.run(
-        [wrapper, "-f", "+0", "printenv", "LD_PRELOAD"], capture_output=True, text=True, check=True, timeout=10
-    ).stdout.strip()
-    return {"LD_PRELOAD": preload, "FAKETIME": f"{seconds:+d}s", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    return subprocess.run(
+        [*launcher, sys.executable, *args],
+        cwd=ROOT,
+        env=child_env(env),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def free_port() -> int:
@@ -72,18 +74,32 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_port(port: int, *, process: subprocess.Popen | None = None, timeout: float = 30.0) -> None:
-    """Wait until something accepts TCP connections on 127.0.0.1:port."""
+def wait_for_port(
+    port: int, *, host: str = "127.0.0.1", process: subprocess.Popen | None = None, timeout: float = 30.0
+) -> None:
+    """Wait until something accepts TCP connections on ``host``:``port``; fail early if ``process`` exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"process exited with {process.returncode} before listening on {port}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            with socket.create_connection((host, port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout} s")
+
+
+def stop_process(process: subprocess.Popen, sig: int = signal.SIGTERM, *, timeout: float = 15) -> int:
+    """Send ``sig``, wait up to ``timeout`` seconds, then kill; the exit status."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+    return process.returncode
 
 
 async def wait_until(condition: Callable[[], bool], *, seconds: float, interval: float = 0.05) -> None:
@@ -151,12 +167,20 @@ class RedisServer:
         wait_for_port(port, process=process)
         return cls(url=f"redis://127.0.0.1:{port}/0", process=process, workdir=workdir)
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1].split("/")[0])
+
     def stop(self) -> None:
         if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
+            stop_process(self.process, timeout=10)
         if self.workdir is not None:
             self.workdir.cleanup()
+
+    def start_again(self) -> None:
+        """After :meth:`stop`, a new redis-server where this one listened (an outage that ends)."""
+        again = RedisServer.start(port=self.port)
+        self.process, self.workdir = again.process, again.workdir
 
 
 @dataclass
@@ -180,14 +204,7 @@ class Daphne:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-        return self.process.returncode
+        return stop_process(self.process, sig)
 
 
 def start_daphne(
@@ -232,13 +249,7 @@ class Nginx:
         return f"http://{self.host}:{self.port}"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        stop_process(self.process, timeout=10)
 
 
 def nginx_conf(prefix: Path, site: Path) -> Path:
@@ -293,17 +304,7 @@ def run_nginx(binary: str, *, prefix: Path, site: Path, host: str, port: int) ->
     )
     server = Nginx(host=host, port=port, process=process, prefix=prefix)
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"nginx exited with {process.returncode}")
-            try:
-                with socket.create_connection((host, port), timeout=0.5):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        wait_for_port(port, host=host, process=process, timeout=15)
     except Exception as exc:
         server.stop()
         log = (prefix / "error.log").read_text(errors="replace") if (prefix / "error.log").exists() else ""

@@ -1,4 +1,4 @@
-"""WebSocket clients that behave exactly as the clients in the field do."""
+"""WebSocket clients that behave exactly as the clients in the field do (the tests' and the benchmark's)."""
 
 from __future__ import annotations
 
@@ -8,27 +8,34 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from notifications.presence import aconnection_count
-from notifications.protocol import GREETING
-from tests.servers import eventually
+from notifications.protocol import GREETING, REGISTER_MESSAGE
 
 TIMEOUT = 10.0
+PROBE_PREFIX = "probe:"
 
 
-async def open_client(url: str, **kwargs: object) -> ClientConnection:
-    """Connect and read the greeting, as every client does first."""
-    ws = await connect(url, open_timeout=TIMEOUT, **kwargs)
-    greeting = await asyncio.wait_for(ws.recv(), TIMEOUT)
-    assert greeting == GREETING
+async def open_client(url: str, *, seconds: float = TIMEOUT, **kwargs: Any) -> ClientConnection:
+    """Connect and read the greeting, as every client does first (``kwargs`` go to ``connect``)."""
+    ws = await connect(url, open_timeout=seconds, **kwargs)
+    greeting = await asyncio.wait_for(ws.recv(), seconds)
+    if greeting != GREETING:
+        await ws.close()
+        raise AssertionError(f"unexpected greeting {greeting!r}")
     return ws
 
 
 def frame(recipient: object, message: object) -> str:
+    """A client's text frame: ``message`` for ``recipient`` (``"connected"`` registers it)."""
     return json.dumps({"recipient_uuid": recipient, "message": message})
 
 
+def is_probe(data: object) -> bool:
+    """Whether a received frame is a registration probe of :func:`register_confirmed`, not a notification."""
+    return isinstance(data, str) and data.startswith(PROBE_PREFIX)
+
+
 async def register(ws: ClientConnection, recipient: str) -> None:
-    await ws.send(frame(recipient, "connected"))
+    await ws.send(frame(recipient, REGISTER_MESSAGE))
 
 
 async def send_once(url: str, recipient: str, message: object) -> None:
@@ -38,14 +45,13 @@ async def send_once(url: str, recipient: str, message: object) -> None:
     await ws.close()
 
 
-PROBE_PREFIX = "probe:"
-
-
-async def register_confirmed(ws: ClientConnection, recipient: str, seconds: float = TIMEOUT) -> None:
+async def register_confirmed(
+    ws: ClientConnection, recipient: str, seconds: float = TIMEOUT, *, attempt_seconds: float = 0.5
+) -> None:
     """Register and wait until notifications for ``recipient`` really reach ``ws``.
 
     The protocol sends nothing back on registration, so the client proves it
-    by sending itself probes until one arrives (each attempt bounded in time).
+    by sending itself probes until one arrives (each attempt bounded by ``attempt_seconds``).
     """
     await register(ws, recipient)
     loop = asyncio.get_running_loop()
@@ -57,7 +63,7 @@ async def register_confirmed(ws: ClientConnection, recipient: str, seconds: floa
         await ws.send(frame(recipient, token))
         try:
             while True:
-                data = await asyncio.wait_for(ws.recv(), 0.5)
+                data = await asyncio.wait_for(ws.recv(), attempt_seconds)
                 if data == token:
                     return
         except TimeoutError:
@@ -65,30 +71,34 @@ async def register_confirmed(ws: ClientConnection, recipient: str, seconds: floa
     raise TimeoutError(f"registration of {recipient!r} not effective after {seconds} s")
 
 
+async def open_registered(
+    url: str, recipient: str, *, seconds: float = TIMEOUT, attempt_seconds: float = 0.5, **kwargs: Any
+) -> ClientConnection:
+    """Connect, read the greeting, register ``recipient`` and prove it with a probe to itself."""
+    ws = await open_client(url, seconds=seconds, **kwargs)
+    try:
+        await register_confirmed(ws, recipient, seconds, attempt_seconds=attempt_seconds)
+    except Exception:
+        await ws.close()
+        raise
+    return ws
+
+
 async def receive(ws: ClientConnection, seconds: float = TIMEOUT) -> str:
     """The next notification, skipping registration probes."""
     while True:
         data = await asyncio.wait_for(ws.recv(), seconds)
-        if not (isinstance(data, str) and data.startswith(PROBE_PREFIX)):
+        if not is_probe(data):
             return data
 
 
-async def receives_nothing(ws: ClientConnection, within: float = 0.5) -> bool:
-    """True if no frame arrives within ``within`` seconds (the connection stays open)."""
+async def assert_receives_nothing(ws: ClientConnection, within: float = 0.5) -> None:
+    """Fail if a notification arrives within ``within`` seconds (probes are skipped; the connection stays open)."""
     try:
         data = await receive(ws, within)
     except TimeoutError:
-        return True
+        return
     raise AssertionError(f"unexpected frame: {data!r}")
-
-
-async def registry_counts(recipient: str, count: int) -> None:
-    """Wait until the registry holds ``count`` live connections for ``recipient`` (it writes in batches)."""
-
-    async def counted() -> bool:
-        return await aconnection_count(recipient) == count
-
-    await eventually(counted, seconds=10)
 
 
 def post_json(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, Any]:
