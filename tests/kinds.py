@@ -23,6 +23,8 @@ KINDS: dict[str, frozenset[str]] = {
             "run_python",
             "collected_static",
             "bin_serve",
+            "installed_wheel",
+            "wheel",
         }
     ),
 }

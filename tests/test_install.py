@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.clients import receive, register_confirmed
-from tests.servers import ROOT, free_port, wait_for_port
+from harness.clients import receive, register_confirmed
+from harness.servers import ROOT, free_port, wait_for_port
 
 # Building and installing take a few seconds from pip's cache, longer when PyPI serves the packages.
 pytestmark = pytest.mark.timeout(600)
