@@ -198,13 +198,14 @@ class ServerProcessAdmin(ReadOnlyAdmin):
 
     @admin.display(description="connections", ordering="connection_count")
     def connections(self, obj: ServerProcess) -> str:
+        annotated: Any = obj  # connection_count: annotated by get_queryset()
         url = reverse("admin:notifications_connection_changelist")
-        return format_html('<a href="{}?process__id__exact={}">{}</a>', url, obj.pk, obj.connection_count)
+        return format_html('<a href="{}?process__id__exact={}">{}</a>', url, obj.pk, annotated.connection_count)
 
     @admin.display(description="status")
     def status(self, obj: ServerProcess) -> str:
-        # Both annotated by with_liveness(), by the database's clock.
-        if obj.is_alive:
+        annotated: Any = obj  # is_alive and database_now: annotated by with_liveness(), by the database's clock
+        if annotated.is_alive:
             return "alive"
-        since = timesince(obj.heartbeat_at, obj.database_now)
+        since = timesince(obj.heartbeat_at, annotated.database_now)
         return f"no heartbeat for {since}: purged at the next heartbeat of any process"
