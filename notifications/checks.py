@@ -162,6 +162,33 @@ def check_sending(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     return errors
 
 
+@register()
+def check_history(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    size = raw("HISTORY_SIZE")
+    if not (_is_int(size) and size >= 0):
+        errors.append(
+            Error(
+                f"NOTIFICATIONS_HISTORY_SIZE is {size!r}; it must be a whole number, 0 or more.",
+                id="notifications.E020",
+            )
+        )
+    ttl = raw("HISTORY_TTL")
+    if not (_is_seconds(ttl) and ttl >= 1):
+        errors.append(
+            Error(
+                f"NOTIFICATIONS_HISTORY_TTL is {ttl!r}; it must be a number of seconds, at least 1.",
+                id="notifications.E021",
+            )
+        )
+    errors += _positive_int("HISTORY_MAX_ENTRIES", raw("HISTORY_MAX_ENTRIES"), "notifications.E022")
+    if not isinstance(raw("PENDING"), bool):
+        errors.append(
+            Error(f"NOTIFICATIONS_PENDING is {raw('PENDING')!r}; it must be True or False.", id="notifications.E023")
+        )
+    return errors
+
+
 @register(Tags.security)
 def check_api_keys(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     keys = raw("API_KEYS")
@@ -212,7 +239,8 @@ def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
         return []
     return [
         Warning(
-            f"CHANNEL_LAYERS['default'] is {backend}, not one of the app's layers: {_foreign_layer_losses(backend)}"
+            f"CHANNEL_LAYERS['default'] is {backend}, not one of the app's layers: no notification is kept "
+            f"(no history, nothing pending for a late registration), {_foreign_layer_losses(backend)}"
             "each connection's queue may be unbounded or silently capped.",
             hint="Use notifications.layers.memory.InMemoryLayer (one process) or "
             "notifications.layers.redis.RedisPubSubLayer (Redis).",

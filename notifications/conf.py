@@ -28,6 +28,10 @@ DEFAULTS: dict[str, Any] = {
     "API_KEYS": [],
     "API_MAX_BODY": 1024 * 1024,
     "API_MAX_BATCH": 1000,
+    "HISTORY_SIZE": 100,
+    "HISTORY_TTL": 600.0,
+    "HISTORY_MAX_ENTRIES": 100_000,
+    "PENDING": True,
 }
 
 
@@ -121,6 +125,31 @@ class Settings:
     def API_MAX_BATCH(self) -> int:
         """Most notifications in one request to the HTTP push endpoint."""
         return raw("API_MAX_BATCH")  # type: ignore[no-any-return]
+
+    @property
+    def HISTORY_SIZE(self) -> int:
+        """Notifications kept per id (the newest); 0 keeps none, and then nothing is pending either."""
+        return raw("HISTORY_SIZE")  # type: ignore[no-any-return]
+
+    @property
+    def HISTORY_TTL(self) -> float:
+        """Seconds each kept notification stays, in the history and as pending."""
+        return raw("HISTORY_TTL")  # type: ignore[no-any-return]
+
+    @property
+    def HISTORY_MAX_ENTRIES(self) -> int:
+        """Kept notifications of all ids together in the in-memory layer; the oldest go first beyond it."""
+        return raw("HISTORY_MAX_ENTRIES")  # type: ignore[no-any-return]
+
+    @property
+    def PENDING(self) -> bool:
+        """Whether a notification that no registration received waits for the id's next registration."""
+        return raw("PENDING")  # type: ignore[no-any-return]
+
+    @property
+    def KEEPS(self) -> bool:
+        """Whether notifications are kept at all (a history); pending needs it too."""
+        return self.HISTORY_SIZE > 0
 
 
 conf = Settings()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from typing import Any
@@ -14,7 +15,7 @@ from notifications.dispatch import SerialDispatchMixin
 from notifications.exceptions import DeliveryFailed
 from notifications.protocol import GREETING, Register, Relay, broadcast_group, describe, group_name, parse_frame
 from notifications.registry import registry
-from notifications.sending.delivery import deliver
+from notifications.sending.delivery import deliver, take_pending
 
 logger = logging.getLogger(__name__)
 
@@ -92,9 +93,14 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
         action = parse_frame(text_data)
         if isinstance(action, Relay):
             try:
-                await deliver(action.recipient, action.text)
+                kept = await deliver(action.recipient, action.text)
             except DeliveryFailed:
-                return  # counted and logged by deliver(); the sender's connection stays open
+                # Counted and logged by deliver(); the sender's connection stays open.
+                if action.v2:
+                    await self._sent(action.recipient, "refused", "unavailable")
+                return
+            if action.v2:
+                await self._sent(action.recipient, kept.outcome if kept is not None else None)
             if logger.isEnabledFor(logging.INFO):  # describe() costs, once per relayed message
                 logger.info(
                     "Client %s relayed %d characters to %s", self.temp_id, len(action.text), describe(action.recipient)
@@ -140,13 +146,42 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
             return
         registry.registered(self.temp_id, recipient)
         logger.info("Client %s registered as %s", self.temp_id, describe(recipient))
+        # Joined (the layer confirmed it): whatever was sent from now on reaches
+        # this connection live, and whatever nobody received before is pending.
+        try:
+            pending = await take_pending(recipient)
+        except Exception as exc:
+            # Taking is one atomic step in the layer: what could not be taken stays pending.
+            logger.warning(
+                "Client %s registered as %s, but its pending notifications could not be taken: %s: %s",
+                self.temp_id,
+                describe(recipient),
+                type(exc).__name__,
+                exc,
+            )
+            return
+        if pending:
+            metrics.counters[metrics.PENDING_DELIVERED] += len(pending)
+            logger.info(
+                "Client %s receives %d pending notifications of %s", self.temp_id, len(pending), describe(recipient)
+            )
+            for kept in pending:
+                await self.backlog_send(kept.text, recipient)
 
     async def notify_message(self, event: dict[str, Any]) -> None:
         """A notification from the channel layer (:data:`notifications.sending.delivery.EVENT_TYPE`)."""
+        await self.backlog_send(event["text"], event.get("recipient"))
+
+    async def backlog_send(self, text: str, recipient: object) -> None:
         if self.backlog is None:  # not accepted yet
-            await self._send_text(event["text"])
+            await self._send_text(text)
         else:
-            await self.backlog.send(event["text"], event.get("recipient"))
+            await self.backlog.send(text, recipient)
+
+    async def _sent(self, recipient: str, outcome: str | None, code: str | None = None) -> None:
+        """The v2 reply to a send frame: what became of the notification."""
+        reply = {"type": "sent", "recipient_uuid": recipient, "outcome": outcome, "code": code}
+        await self._send_text(json.dumps(reply, ensure_ascii=False))
 
     async def _send_text(self, text: str) -> None:
         await self.send(text_data=text)

@@ -16,6 +16,8 @@ UNDELIVERABLE = "undeliverable"  # every notification not delivered to a connect
 LAYER_FULL = "layer_full"  # ... of which: a connection's channel-layer queue was full
 NOT_READING = "not_reading"  # ... of which: its client had stopped reading, NOTIFICATIONS_MAX_QUEUED_MESSAGES waited
 REJECTED_FRAMES = "rejected_frames"
+PENDING = "pending"  # notifications that no registration received, kept for the id's next one
+PENDING_DELIVERED = "pending_delivered"  # pending notifications handed to a registration that took them
 
 
 def snapshot() -> dict[str, int]:

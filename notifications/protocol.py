@@ -27,6 +27,7 @@ class Register:
 class Relay:
     recipient: str
     text: str
+    v2: bool = False  # the frame said "v": 2: its sender gets a "sent" reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,9 +98,15 @@ def parse_frame(text: str) -> Action:
     if message == REGISTER_MESSAGE:
         return Register(recipient)
     try:
-        return Relay(recipient, message_text(message))
+        return Relay(recipient, message_text(message), is_v2(data))
     except InvalidNotification as exc:
         return Ignored(str(exc))
+
+
+def is_v2(frame: dict[str, object]) -> bool:
+    """Whether a frame opts in to protocol v2: ``"v"`` is the JSON integer 2 (not 2.0, not true, not "2")."""
+    version = frame.get("v")
+    return type(version) is int and version == 2
 
 
 def group_name(recipient: str) -> str:

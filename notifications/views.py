@@ -56,7 +56,9 @@ def send_view(request: HttpRequest) -> HttpResponse:
         except DeliveryFailed as exc:
             messages.error(request, f"Not sent: {exc}.")
         else:
-            if result.live_connections:
+            if result.outcome == "pending":
+                messages.success(request, f"Nobody is registered as {recipient!r} yet: kept for its next registration.")
+            elif result.live_connections:
                 messages.success(request, f"Sent to {recipient!r}: {result.live_connections} live connection(s).")
             else:
                 messages.warning(request, f"Sent to {recipient!r}, but no live connection is registered right now.")
@@ -107,7 +109,8 @@ def _notifications(payload: Any) -> list[tuple[str, Any]]:
 async def api_notify(request: HttpRequest) -> HttpResponse:
     """``POST /api/notify/``: ``{"recipient_uuid": ..., "message": ...}`` or a list of them.
 
-    Answers ``{"results": [{"recipient_uuid": ..., "live_connections": N}, ...]}``.
+    Answers ``{"results": [{"recipient_uuid": ..., "live_connections": N, "outcome": "live" | "pending" |
+    "dropped", "position": ..., "pending_until": ISO time or null}, ...]}``.
     """
     if not conf.API_KEYS:
         raise Http404("The HTTP push endpoint is off (NOTIFICATIONS_API_KEYS is empty).")
@@ -137,4 +140,13 @@ async def api_notify(request: HttpRequest) -> HttpResponse:
 
 
 def _results(results: list[SendResult]) -> list[dict[str, Any]]:
-    return [{"recipient_uuid": r.recipient, "live_connections": r.live_connections} for r in results]
+    return [
+        {
+            "recipient_uuid": r.recipient,
+            "live_connections": r.live_connections,
+            "outcome": r.outcome,
+            "position": r.position,
+            "pending_until": r.pending_until.isoformat() if r.pending_until is not None else None,
+        }
+        for r in results
+    ]

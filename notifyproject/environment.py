@@ -128,6 +128,10 @@ APP_SETTINGS: dict[str, Callable[[Mapping[str, str], str], Any]] = {
     "API_KEYS": lambda environ, name: env_list(environ, name, []),
     "API_MAX_BODY": _integer(1),
     "API_MAX_BATCH": _integer(1),
+    "HISTORY_SIZE": _integer(0),
+    "HISTORY_TTL": lambda environ, name: env_seconds(environ, name, 1.0),
+    "HISTORY_MAX_ENTRIES": _integer(1),
+    "PENDING": lambda environ, name: env_bool(environ, name, True),
 }
 
 

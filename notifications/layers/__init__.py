@@ -20,7 +20,8 @@ Why these and not the library defaults:
 from __future__ import annotations
 
 import logging
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from notifications import metrics
 from notifications.protocol import describe
@@ -28,6 +29,40 @@ from notifications.protocol import describe
 logger = logging.getLogger(__name__)
 
 DEFAULT_CAPACITY = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """What became of a notification handed to a layer that keeps notifications."""
+
+    live: bool  # at least one server process that holds a registration of the id took it
+    pending: bool  # nobody took it: it waits for the id's next registration
+    position: str | None  # its place in the id's history; None when nothing is kept
+
+    @property
+    def outcome(self) -> str:
+        """``live``, ``pending``, or ``dropped`` (nobody received it, and pending is off)."""
+        if self.live:
+            return "live"
+        return "pending" if self.pending else "dropped"
+
+
+@dataclass(frozen=True, slots=True)
+class KeptNotification:
+    """A notification taken from an id's history or pending ones."""
+
+    position: str
+    text: str
+
+
+class KeepingLayer(Protocol):
+    """The app's layers keep notifications: they decide "live" or "pending" as they deliver."""
+
+    async def send_kept(self, group: str, message: dict[str, Any]) -> Kept:
+        """``group_send`` that keeps ``message`` in the group's history, and as pending if nobody took it."""
+
+    async def take_pending(self, group: str) -> list[KeptNotification]:
+        """The group's pending notifications, oldest first, once; call after ``group_add`` returned."""
 
 
 def count_undeliverable(event: Any, where: str) -> None:

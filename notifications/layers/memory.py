@@ -16,7 +16,9 @@ from typing import Any
 from channels.exceptions import ChannelFull
 from channels.layers import InMemoryChannelLayer
 
-from notifications.layers import DEFAULT_CAPACITY, count_undeliverable
+from notifications.conf import conf
+from notifications.layers import DEFAULT_CAPACITY, Kept, KeptNotification, count_undeliverable
+from notifications.layers.history import MemoryHistory
 
 # Ten years: "never" for a connection, while staying a valid timestamp offset.
 NEVER_EXPIRES = 10 * 365 * 24 * 3600
@@ -27,12 +29,16 @@ class InMemoryLayer(InMemoryChannelLayer):
 
     Nothing expires (see the module docstring), each channel holds at most
     ``capacity`` messages, and a message that does not fit is counted.
+    Notifications are kept in this process's memory (:mod:`.history`): the
+    decision "live or pending" and a registration's taking of what is
+    pending each happen in one step of the event loop, so they cannot interleave.
     """
 
     def __init__(self, *, capacity: int = DEFAULT_CAPACITY, **kwargs: Any) -> None:
         kwargs.setdefault("group_expiry", NEVER_EXPIRES)
         kwargs.setdefault("expiry", NEVER_EXPIRES)
         super().__init__(capacity=capacity, **kwargs)
+        self.history = MemoryHistory()
 
     def _clean_expired(self) -> None:
         # Messages and memberships never expire here; the library's scan of
@@ -69,8 +75,37 @@ class InMemoryLayer(InMemoryChannelLayer):
         """Queue ``message`` for every member of ``group``; a full member is counted, not skipped silently."""
         assert isinstance(message, dict), "message is not a dict"
         self.require_valid_group_name(group)
-        for channel in list(self.groups.get(group, ())):
+        self._queue_for_members(group, message)
+
+    def _queue_for_members(self, group: str, message: dict[str, Any]) -> bool:
+        members = self.groups.get(group)
+        if not members:
+            return False
+        for channel in list(members):
             try:
                 self._queue(channel).put_nowait((0, dict(message)))
             except asyncio.QueueFull:
                 count_undeliverable(message, f"channel {channel}")
+        return True
+
+    async def send_kept(self, group: str, message: dict[str, Any]) -> Kept:
+        """:meth:`group_send`, keeping ``message["text"]`` in the group's history and as pending if nobody took it."""
+        self.require_valid_group_name(group)
+        if not conf.KEEPS:
+            return Kept(live=self._queue_for_members(group, message), pending=False, position=None)
+        entry = self.history.add(
+            group,
+            message["text"],
+            size=conf.HISTORY_SIZE,
+            ttl=conf.HISTORY_TTL,
+            max_entries=conf.HISTORY_MAX_ENTRIES,
+        )
+        if self._queue_for_members(group, {**message, "position": entry.position}):
+            return Kept(live=True, pending=False, position=entry.position)
+        if conf.PENDING:
+            self.history.make_pending(entry)
+            return Kept(live=False, pending=True, position=entry.position)
+        return Kept(live=False, pending=False, position=entry.position)
+
+    async def take_pending(self, group: str) -> list[KeptNotification]:
+        return self.history.take_pending(group)

@@ -18,6 +18,24 @@ What the subclasses change, each measured with ``python -m bench``:
 - A consumer that goes away no longer prints ``CancelledError`` tracebacks:
   its channel is unsubscribed in a task of its own, and a failure there is
   one WARNING line.
+- A subscription counts once Redis confirmed it (redis-py's ``subscribe``
+  only sends the command): ``group_add`` returns when the group's messages
+  really reach this process.
+- Notifications are kept in Redis, shared by every process (see "Kept
+  notifications" below).
+
+Kept notifications. One Lua script per send appends the notification to
+the id's history (a stream of the newest ``HISTORY_SIZE``, each entry
+dropped ``HISTORY_TTL`` seconds after it was sent), publishes it with its
+position, and, only if no process was subscribed to the id's group, marks it
+pending: deciding and acting in one atomic step, so that exactly one of
+"live" and "pending" happens however sends and registrations race. A
+registration subscribes, waits for Redis's confirmation, and only then takes
+what is pending (another script: take and delete). A notification that
+reaches a process whose last registrant of the id has just left is made
+pending again, unless another process is subscribed. Positions are
+``<epoch>:<stream id>``; the epoch is made when a Redis server first keeps
+a notification, so positions never repeat after a restart or a flush.
 
 These subclasses use members of channels-redis that are not its public API;
 :data:`LIBRARY_INTERNALS` names each one, and a test checks that the
@@ -30,12 +48,15 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer, RedisSingleShardConnection
 from channels_redis.utils import _wrap_close
 
-from notifications.layers import DEFAULT_CAPACITY, count_undeliverable
+from notifications.conf import conf
+from notifications.layers import DEFAULT_CAPACITY, Kept, KeptNotification, count_undeliverable
 
 logger = logging.getLogger(__name__)
 
@@ -70,20 +91,108 @@ LIBRARY_INTERNALS: dict[str, tuple[str, ...]] = {
 }
 
 
+# A kept notification travels as KEPT_MARKER, its position, KEPT_MARKER, then the
+# serialised event; a serialised event (a msgpack map, or a Fernet token) never
+# starts with a NUL byte.
+KEPT_MARKER = b"\x00"
+SUBSCRIBE_TIMEOUT = 10.0  # seconds Redis may take to confirm a subscription
+
+# KEYS: the group's channel, its history, its pending list, the epoch.
+# ARGV: the payload to publish, the text to keep, HISTORY_SIZE, HISTORY_TTL in ms, 1 if pending is on.
+# Returns {subscribers that received it, its position}.
+SEND_KEPT = """
+local epoch = redis.call('GET', KEYS[4])
+if not epoch then
+  local t = redis.call('TIME')
+  epoch = string.format('%x%05x', tonumber(t[1]), tonumber(t[2]))
+  redis.call('SET', KEYS[4], epoch)
+end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], '*', 't', ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+local position = epoch .. ':' .. id
+local received = redis.call('PUBLISH', KEYS[1], '\0' .. position .. '\0' .. ARGV[1])
+if received == 0 and ARGV[5] == '1' then
+  redis.call('RPUSH', KEYS[3], id)
+  redis.call('LTRIM', KEYS[3], -tonumber(ARGV[3]), -1)
+  redis.call('PEXPIRE', KEYS[3], ARGV[4])
+end
+return {received, position}
+"""
+
+# KEYS: the group's history, its pending list, the epoch. ARGV: HISTORY_TTL in ms.
+# Returns position, text, position, text... of the pending ones still kept, and deletes the list.
+TAKE_PENDING = """
+local ids = redis.call('LRANGE', KEYS[2], 0, -1)
+if #ids == 0 then return {} end
+redis.call('DEL', KEYS[2])
+local epoch = redis.call('GET', KEYS[3]) or ''
+local t = redis.call('TIME')
+local oldest = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[1])
+local taken = {}
+for _, id in ipairs(ids) do
+  if tonumber(string.match(id, '^(%d+)')) > oldest then
+    local entry = redis.call('XRANGE', KEYS[1], id, id)[1]
+    if entry then
+      table.insert(taken, epoch .. ':' .. id)
+      table.insert(taken, entry[2][2])
+    end
+  end
+end
+return taken
+"""
+
+# KEYS: the group's channel, its pending list. ARGV: the stream id, HISTORY_TTL in ms, HISTORY_SIZE.
+# Pending again, unless some process is subscribed to the group now. Returns 1 if made pending.
+MAKE_PENDING_AGAIN = """
+if redis.call('PUBSUB', 'NUMSUB', KEYS[1])[2] > 0 then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[3]), -1)
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
+
+# What a pipeline command is: queue it on the pipeline.
+Command = Callable[[Any], Any]
+
+
+def _stream_order(position: str) -> tuple[int, int]:
+    milliseconds, _, sequence = position.rpartition(":")[2].partition("-")
+    return int(milliseconds), int(sequence or 0)
+
+
 class _Shard(RedisSingleShardConnection):
-    """One Redis connection pair with pipelined publishes and bounded delivery."""
+    """One Redis connection pair with pipelined commands, confirmed subscriptions and bounded delivery."""
 
     def __init__(self, host: Any, channel_layer: Any) -> None:
         super().__init__(host, channel_layer)
-        self._outbox: deque[tuple[str, bytes, asyncio.Future[None]]] = deque()
+        self._outbox: deque[tuple[Command, asyncio.Future[Any]]] = deque()
         self._publisher: asyncio.Future[None] | None = None
+        self._confirming: dict[str, list[asyncio.Future[None]]] = {}  # subscriptions Redis has not confirmed yet
+        self._scripts: dict[str, Any] = {}
+        self._repending: set[asyncio.Future[None]] = set()
 
-    async def publish(self, channel: str, message: bytes) -> None:
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._outbox.append((channel, message, done))
+    async def publish(self, channel: str, message: bytes) -> int:
+        """PUBLISH, pipelined with every command waiting at that moment; how many subscribers received it."""
+        return int(await self._queue(lambda pipe: pipe.publish(channel, message)))
+
+    async def run_script(self, source: str, keys: list[str], args: list[Any]) -> Any:
+        """A Lua script (EVALSHA, loaded when missing), pipelined as publishes are."""
+        script = self._script(source)
+        return await self._queue(lambda pipe: script(keys=keys, args=args, client=pipe))
+
+    def _script(self, source: str) -> Any:
+        self._ensure_redis()
+        script = self._scripts.get(source)
+        if script is None:
+            script = self._scripts[source] = self._redis.register_script(source)
+        return script
+
+    async def _queue(self, command: Command) -> Any:
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._outbox.append((command, done))
         if self._publisher is None or self._publisher.done():
             self._publisher = asyncio.ensure_future(self._publish_waiting())
-        await done
+        return await done
 
     async def _publish_waiting(self) -> None:
         while self._outbox:
@@ -92,17 +201,45 @@ class _Shard(RedisSingleShardConnection):
             try:
                 self._ensure_redis()
                 pipe = self._redis.pipeline(transaction=False)
-                for channel, message, _ in batch:
-                    pipe.publish(channel, message)
-                await pipe.execute()
+                for command, _ in batch:
+                    command(pipe)
+                results = await pipe.execute(raise_on_error=False)
             except Exception as exc:
-                for _, _, done in batch:
+                for _, done in batch:
                     if not done.done():
                         done.set_exception(exc)
             else:
-                for _, _, done in batch:
-                    if not done.done():
-                        done.set_result(None)
+                for (_, done), result in zip(batch, results, strict=True):
+                    if done.done():
+                        continue
+                    if isinstance(result, Exception):
+                        done.set_exception(result)
+                    else:
+                        done.set_result(result)
+
+    async def subscribe(self, channel: str) -> None:
+        """Subscribe, and return once Redis confirmed it: from then on, what is published reaches this process."""
+        confirmed: asyncio.Future[None] | None = None
+        async with self._lock:
+            if channel not in self._subscribed_to or channel in self._confirming:
+                confirmed = asyncio.get_running_loop().create_future()
+                self._confirming.setdefault(channel, []).append(confirmed)
+            if channel not in self._subscribed_to:
+                self._ensure_redis()
+                self._ensure_receiver()
+                try:
+                    await self._pubsub.subscribe(channel)
+                except BaseException:
+                    self._confirming.pop(channel, None)
+                    raise
+                self._subscribed_to.add(channel)
+        if confirmed is not None:
+            try:
+                await asyncio.wait_for(confirmed, SUBSCRIBE_TIMEOUT)
+            except TimeoutError:
+                raise TimeoutError(
+                    f"Redis did not confirm the subscription to {channel} in {SUBSCRIBE_TIMEOUT:g} s"
+                ) from None
 
     async def _do_receiving(self) -> None:
         # The library polls with a 0.1 s timeout per message (a timer armed and
@@ -110,7 +247,7 @@ class _Shard(RedisSingleShardConnection):
         while True:
             try:
                 if self._pubsub is not None and self._pubsub.subscribed:
-                    self._receive_message(await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=None))
+                    self._receive_message(await self._pubsub.get_message(timeout=None))
                 else:
                     await asyncio.sleep(0.1)
             except (asyncio.CancelledError, TimeoutError, GeneratorExit):
@@ -125,15 +262,49 @@ class _Shard(RedisSingleShardConnection):
         name = message["channel"]
         if isinstance(name, bytes):
             name = name.decode()
+        kind = message["type"]
+        if kind != "message" and kind != b"message":
+            if kind in ("subscribe", b"subscribe"):
+                for confirmed in self._confirming.pop(name, ()):
+                    if not confirmed.done():
+                        confirmed.set_result(None)
+            return
         layer = self.channel_layer
+        data = message["data"]
         queue = layer.channels.get(name)
         if queue is not None:
-            self._put(queue, message["data"], name)
+            self._put(queue, data, name)
             return
+        delivered = False
         for channel in layer.groups.get(name, ()):
             queue = layer.channels.get(channel)
             if queue is not None:
-                self._put(queue, message["data"], channel)
+                self._put(queue, data, channel)
+                delivered = True
+        if not delivered and data[:1] == KEPT_MARKER and conf.KEEPS and conf.PENDING:
+            # The last registrant of the id here left after Redis counted this process in.
+            again = asyncio.ensure_future(self._make_pending_again(name, data))
+            self._repending.add(again)
+            again.add_done_callback(self._repending.discard)
+
+    async def _make_pending_again(self, group_channel: str, data: bytes) -> None:
+        position = data[1:].split(KEPT_MARKER, 1)[0].decode()
+        group = group_channel.removeprefix(f"{self.channel_layer.prefix}__group__")
+        keys = self.channel_layer.kept_keys(group)
+        try:
+            await self.run_script(
+                MAKE_PENDING_AGAIN,
+                keys=[group_channel, keys.pending],
+                args=[position.rpartition(":")[2], int(conf.HISTORY_TTL * 1000), conf.HISTORY_SIZE],
+            )
+        except Exception as exc:
+            logger.warning(
+                "Undeliverable notification at %s: its last registrant here left, and it could not be made "
+                "pending again: %s: %s",
+                position,
+                type(exc).__name__,
+                exc,
+            )
 
     def _put(self, queue: asyncio.Queue[bytes], data: bytes, channel: str) -> None:
         try:
@@ -141,7 +312,7 @@ class _Shard(RedisSingleShardConnection):
         except asyncio.QueueFull:
             event = None
             with contextlib.suppress(Exception):
-                event = self.channel_layer.channel_layer.deserialize(data)
+                event = self.channel_layer.decode(data)
             count_undeliverable(event, f"channel {channel}")
 
     async def flush(self) -> None:
@@ -150,7 +321,7 @@ class _Shard(RedisSingleShardConnection):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._publisher
         while self._outbox:  # nobody may wait forever for a publish that will not happen
-            _, _, done = self._outbox.popleft()
+            _, done = self._outbox.popleft()
             if not done.done():
                 done.set_exception(RuntimeError("the channel layer was flushed before this message was published"))
         await super().flush()
@@ -183,8 +354,50 @@ class _LoopLayer(RedisPubSubLoopLayer):
                 self._cleanups.add(cleanup)
                 cleanup.add_done_callback(self._cleanups.discard)
             raise
-        event: dict[str, Any] = self.channel_layer.deserialize(message)
-        return event
+        return self.decode(message)
+
+    def decode(self, data: bytes) -> dict[str, Any]:
+        """The event in a published message; a kept notification's carries its position."""
+        if data[:1] != KEPT_MARKER:
+            event: dict[str, Any] = self.channel_layer.deserialize(data)
+            return event
+        position, payload = data[1:].split(KEPT_MARKER, 1)
+        kept: dict[str, Any] = self.channel_layer.deserialize(payload)
+        kept["position"] = position.decode()
+        return kept
+
+    def kept_keys(self, group: str) -> KeptKeys:
+        base = f"{self.prefix}kept:{group}"
+        return KeptKeys(history=f"{base}:h", pending=f"{base}:p", epoch=f"{self.prefix}kept:epoch")
+
+    async def send_kept(self, group: str, message: dict[str, Any]) -> Kept:
+        group_channel = self._get_group_channel_name(group)
+        shard = self._get_shard(group_channel)
+        payload = self.channel_layer.serialize(message)
+        if not conf.KEEPS:
+            return Kept(live=await shard.publish(group_channel, payload) > 0, pending=False, position=None)
+        keys = self.kept_keys(group)
+        pending = conf.PENDING
+        received, position = await shard.run_script(
+            SEND_KEPT,
+            keys=[group_channel, keys.history, keys.pending, keys.epoch],
+            args=[payload, message["text"], conf.HISTORY_SIZE, int(conf.HISTORY_TTL * 1000), int(pending)],
+        )
+        position = position.decode()
+        live = received > 0
+        return Kept(live=live, pending=not live and pending, position=position)
+
+    async def take_pending(self, group: str) -> list[KeptNotification]:
+        if not conf.KEEPS:
+            return []
+        shard = self._get_shard(self._get_group_channel_name(group))
+        keys = self.kept_keys(group)
+        taken = await shard.run_script(
+            TAKE_PENDING, keys=[keys.history, keys.pending, keys.epoch], args=[int(conf.HISTORY_TTL * 1000)]
+        )
+        pairs = [KeptNotification(taken[i].decode(), taken[i + 1].decode()) for i in range(0, len(taken), 2)]
+        # In the order sent: one made pending again may have been appended after later ones.
+        return sorted(pairs, key=lambda kept: _stream_order(kept.position))
 
     async def group_discard(self, group: str, channel: str) -> None:
         # A consumer leaving while Redis is down must not crash: its membership
@@ -201,6 +414,15 @@ class _LoopLayer(RedisPubSubLoopLayer):
             logger.warning("Could not unsubscribe channel %s from Redis: %s: %s", channel, type(exc).__name__, exc)
 
 
+@dataclass(frozen=True, slots=True)
+class KeptKeys:
+    """The Redis keys of one group's kept notifications."""
+
+    history: str
+    pending: str
+    epoch: str
+
+
 class RedisPubSubLayer(RedisPubSubChannelLayer):
     """Several daphne processes, on one host or many, sharing Redis.
 
@@ -214,6 +436,12 @@ class RedisPubSubLayer(RedisPubSubChannelLayer):
 
     async def receive(self, channel: str) -> dict[str, Any]:
         return await self._get_layer().receive(channel)
+
+    async def send_kept(self, group: str, message: dict[str, Any]) -> Kept:
+        return await self._get_layer().send_kept(group, message)
+
+    async def take_pending(self, group: str) -> list[KeptNotification]:
+        return await self._get_layer().take_pending(group)
 
     def _get_layer(self) -> _LoopLayer:
         loop = asyncio.get_running_loop()

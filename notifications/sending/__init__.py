@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
 
 from asgiref.sync import async_to_sync
@@ -60,8 +61,18 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class SendResult:
-    """What a send did: handed over, and how many live connections the registry held for its id.
+    """What a send did: whether the notification went live or waits, and who was listening.
 
+    ``outcome`` is decided by the channel layer as it delivers:
+
+    - ``"live"``: at least one server process that holds a registration of the id took it;
+    - ``"pending"``: nobody is registered: it is kept until ``pending_until``
+      for the id's next registration, which receives it (old clients too);
+    - ``"dropped"``: nobody is registered and pending notifications are off
+      (``NOTIFICATIONS_PENDING = False``): it reached nobody;
+    - ``None``: unknown (a broadcast, or a channel layer that keeps nothing).
+
+    ``position`` is its place in the id's history (None when nothing is kept).
     ``live_connections`` is read from the registry when the notification is
     sent. The registry may lag by up to a second (a connection that has just
     registered may not count yet, one that has just left may still count),
@@ -70,6 +81,9 @@ class SendResult:
 
     recipient: str | None  # None for a broadcast
     live_connections: int | None
+    outcome: str | None = None
+    position: str | None = None
+    pending_until: datetime | None = None
 
 
 def _server_to_use(server_url: str | None) -> str | None:
@@ -114,14 +128,21 @@ async def asend_many(notifications: Iterable[tuple[str, object]], *, server_url:
     results = [SendResult(recipient, counts.get(recipient) if counts is not None else None) for recipient, _ in items]
     url = _server_to_use(server_url)
     if url is not None:
-        await send_through_server(url, items)
-        return results
+        outcomes = await send_through_server(url, items)
+        return [_with(result, outcome, None) for result, outcome in zip(results, outcomes, strict=True)]
     for index, (recipient, text) in enumerate(items):
         try:
-            await deliver(recipient, text)
+            kept = await deliver(recipient, text)
         except DeliveryFailed as exc:
             raise DeliveryFailed(str(exc), sent=results[:index]) from exc
+        if kept is not None:
+            results[index] = _with(results[index], kept.outcome, kept.position)
     return results
+
+
+def _with(result: SendResult, outcome: str | None, position: str | None) -> SendResult:
+    until = datetime.now(tz=UTC) + timedelta(seconds=conf.HISTORY_TTL) if outcome == "pending" else None
+    return replace(result, outcome=outcome, position=position, pending_until=until)
 
 
 def _checked(recipient: object, message: object, index: int, total: int) -> tuple[str, str]:

@@ -14,6 +14,7 @@ from channels.layers import BaseChannelLayer, get_channel_layer
 
 from notifications import metrics
 from notifications.exceptions import DeliveryFailed
+from notifications.layers import Kept, KeptNotification
 from notifications.protocol import broadcast_group, describe, group_name
 
 logger = logging.getLogger(__name__)
@@ -30,11 +31,39 @@ def channel_layer() -> BaseChannelLayer:
     return layer
 
 
-async def deliver(recipient: str, text: str) -> None:
-    """Hand a notification already validated by :mod:`notifications.protocol` to the recipient's group."""
+async def deliver(recipient: str, text: str) -> Kept | None:
+    """Hand a notification already validated by :mod:`notifications.protocol` to the recipient's group.
+
+    The app's layers keep it and say whether it went live or waits as
+    pending (:class:`~notifications.layers.Kept`); another layer says
+    nothing (None).
+    """
+    layer = channel_layer()
+    group = group_name(recipient)
     # The recipient travels along so that a layer that cannot queue the
     # notification for a connection can say for whom it was.
-    await _group_send(group_name(recipient), {"type": EVENT_TYPE, "text": text, "recipient": recipient}, recipient)
+    event = {"type": EVENT_TYPE, "text": text, "recipient": recipient}
+    send_kept = getattr(layer, "send_kept", None)
+    try:
+        if send_kept is None:
+            await layer.group_send(group, event)
+            kept = None
+        else:
+            kept = await send_kept(group, event)
+    except Exception as exc:
+        # describe() only here: it costs, and this is the path of every relayed message.
+        refused(describe(recipient), exc)
+        raise DeliveryFailed(f"the channel layer refused the notification: {exc}") from exc
+    metrics.counters[metrics.RELAYED] += 1
+    if kept is not None and kept.pending:
+        metrics.counters[metrics.PENDING] += 1
+    return kept
+
+
+async def take_pending(recipient: str) -> list[KeptNotification]:
+    """What waits for ``recipient``'s first registration, oldest first, once (call after joining its group)."""
+    take = getattr(channel_layer(), "take_pending", None)
+    return [] if take is None else list(await take(group_name(recipient)))
 
 
 async def deliver_to_everyone(text: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from typing import Any
 
 from notifications import metrics
 from notifications.exceptions import DeliveryFailed, InvalidNotification
@@ -21,21 +22,25 @@ logger = logging.getLogger(__name__)
 SERVER_TIMEOUT = 10.0  # seconds to reach the server's WebSocket and hand a notification over
 
 
-async def send_through_server(url: str, items: list[tuple[str, str]]) -> None:
-    """Hand ``(recipient, text)`` pairs to the server at ``url``; a failure is counted and logged, then raised."""
+async def send_through_server(url: str, items: list[tuple[str, str]]) -> list[str | None]:
+    """Hand ``(recipient, text)`` pairs to the server at ``url``: the outcome of each, as the server replied.
+
+    A failure is counted and logged, then raised.
+    """
     try:
-        await _hand_to_server(url, items)
+        return await _hand_to_server(url, items)
     except DeliveryFailed as exc:
         metrics.counters[metrics.UNDELIVERABLE] += len(items)
         logger.warning("Undeliverable: %d notification(s) not handed to the server: %s", len(items), exc)
         raise
 
 
-async def _hand_to_server(url: str, items: list[tuple[str, str]]) -> None:
-    """Hand notifications to the server at ``url`` as relay frames over one WebSocket connection.
+async def _hand_to_server(url: str, items: list[tuple[str, str]]) -> list[str | None]:
+    """Hand notifications to the server at ``url`` as v2 send frames over one WebSocket connection.
 
-    Handed over means: the server greeted as a Notification Center does, took
-    every frame, and answered the close normally (1000). A frame over its size
+    Handed over means: the server greeted as a Notification Center does,
+    answered every frame with its ``sent`` reply (the outcome: live, pending,
+    dropped), and answered the close normally (1000). A frame over its size
     limit, say, makes it drop the connection instead, which raises here.
     """
     from websockets.asyncio.client import connect
@@ -53,7 +58,9 @@ async def _hand_to_server(url: str, items: list[tuple[str, str]]) -> None:
                 if greeting != GREETING:
                     raise DeliveryFailed(f"the server at {url} is not a Notification Center (it did not greet as one)")
                 for recipient, text in items:
-                    await ws.send(json.dumps({"recipient_uuid": recipient, "message": text}, ensure_ascii=False))
+                    frame = {"recipient_uuid": recipient, "message": text, "v": 2}
+                    await ws.send(json.dumps(frame, ensure_ascii=False))
+                outcomes = [await _outcome(ws, url, recipient) for recipient, _ in items]
     except (InvalidURI, ValueError) as exc:  # ValueError: a port out of range, a broken IPv6 address
         raise DeliveryFailed(f"{url!r} is not a WebSocket address (ws://host:port/)") from exc
     except ConnectionClosed as exc:
@@ -68,6 +75,22 @@ async def _hand_to_server(url: str, items: list[tuple[str, str]]) -> None:
     # close: the consumer relays every frame it took before it handles the disconnect.
     if ws.close_code != 1000 or ws.protocol.close_rcvd is None:
         raise _dropped(url, ws.close_code, ws.close_reason or "")
+    return outcomes
+
+
+async def _outcome(ws: Any, url: str, recipient: str) -> str | None:
+    """The server's ``sent`` reply to the send frame for ``recipient`` (the replies come in order)."""
+    data = await ws.recv()
+    try:
+        reply = json.loads(data)
+    except (TypeError, ValueError):
+        reply = None
+    if not (isinstance(reply, dict) and reply.get("type") == "sent" and reply.get("recipient_uuid") == recipient):
+        raise DeliveryFailed(f"the server at {url} answered a notification with {str(data)[:80]!r}, not a sent reply")
+    if reply.get("outcome") == "refused":
+        raise DeliveryFailed(f"the server at {url} refused the notification ({reply.get('code')})")
+    outcome = reply.get("outcome")
+    return outcome if isinstance(outcome, str) else None
 
 
 def _dropped(url: str, code: int | None, reason: str) -> DeliveryFailed:

@@ -95,6 +95,13 @@ class Command(BaseCommand):
     def _report(result: SendResult) -> str:
         target = "every registered connection" if result.recipient is None else repr(result.recipient)
         count = result.live_connections
+        if result.outcome == "pending":
+            return f"Kept for {conf.HISTORY_TTL:g} s for the next registration of {target}: nobody is registered now."
+        if result.outcome == "dropped":
+            return f"Not delivered: nobody is registered as {target}, and pending notifications are off."
+        if result.outcome == "live" and not count:
+            # The registry writes in batches; the layer knows better.
+            return f"Sent to {target}: live (the registry has not counted the connection yet)."
         if count is None:
             return f"Sent to {target} (live connections unknown: the registry is off or unreadable)."
         if count == 0:

@@ -1,0 +1,124 @@
+"""Kept notifications in one process's memory: each id's history, its pending ones, and a global bound.
+
+Used by :class:`notifications.layers.memory.InMemoryLayer`. Every
+notification sent to an id gets a position (``<epoch>:<sequence>``; the
+epoch is new in every process, so positions never repeat after a restart)
+and stays for ``ttl`` seconds, among the newest ``size`` of its id, and
+among the newest ``max_entries`` of all ids together. A pending one is also
+kept until the id's next registration takes it.
+
+Notifications are kept in the order they were sent, which is also the order
+in which they expire and in which the global bound drops them: the oldest
+kept notification of all is always the first of its own id.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from notifications.layers import KeptNotification
+
+
+@dataclass(slots=True, eq=False)
+class _Entry:
+    group: str
+    position: str
+    text: str
+    expires_at: float
+    kept: bool = True
+    pending: bool = False
+
+
+@dataclass(slots=True)
+class _Id:
+    entries: deque[_Entry] = field(default_factory=deque)
+    pending: deque[_Entry] = field(default_factory=deque)
+
+
+class MemoryHistory:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.epoch = secrets.token_hex(4)
+        self._clock = clock
+        self._sequence = 0
+        self._ids: dict[str, _Id] = {}
+        self._order: deque[_Entry] = deque()  # every entry in the order sent; dropped ones linger until compacted
+        self._kept = 0
+
+    def __len__(self) -> int:
+        """How many notifications are kept, of all ids."""
+        return self._kept
+
+    @property
+    def ids(self) -> int:
+        """How many ids have at least one kept notification."""
+        return len(self._ids)
+
+    def add(self, group: str, text: str, *, size: int, ttl: float, max_entries: int) -> _Entry:
+        """Keep a notification for ``group``; its entry tells its position."""
+        now = self._clock()
+        self._expire(now)
+        self._sequence += 1
+        entry = _Entry(group, f"{self.epoch}:{self._sequence}", text, now + ttl)
+        kept = self._ids.get(group)
+        if kept is None:
+            kept = self._ids[group] = _Id()
+        kept.entries.append(entry)
+        self._order.append(entry)
+        self._kept += 1
+        while len(kept.entries) > size:
+            self._drop(kept.entries[0])
+        while self._kept > max_entries:
+            self._drop_oldest()
+        if len(self._order) > 2 * self._kept + 1024:
+            self._order = deque(e for e in self._order if e.kept)
+        return entry
+
+    def make_pending(self, entry: _Entry) -> None:
+        """``entry`` reached nobody: the id's next registration takes it."""
+        if entry.kept and not entry.pending:
+            entry.pending = True
+            self._ids[entry.group].pending.append(entry)
+
+    def take_pending(self, group: str) -> list[KeptNotification]:
+        """The id's pending notifications, oldest first, once: they are pending no more."""
+        kept = self._ids.get(group)
+        if kept is None or not kept.pending:
+            return []
+        now = self._clock()
+        taken = [KeptNotification(e.position, e.text) for e in kept.pending if e.kept and e.expires_at > now]
+        for entry in kept.pending:
+            entry.pending = False
+        kept.pending.clear()
+        return taken
+
+    def _expire(self, now: float) -> None:
+        order = self._order
+        while order and (not order[0].kept or order[0].expires_at <= now):
+            entry = order.popleft()
+            if entry.kept:
+                self._drop(entry)
+
+    def _drop_oldest(self) -> None:
+        while self._order:
+            entry = self._order.popleft()
+            if entry.kept:
+                self._drop(entry)
+                return
+
+    def _drop(self, entry: _Entry) -> None:
+        # The oldest kept entry of its id (see the module docstring), so the first of its deques.
+        kept = self._ids[entry.group]
+        assert kept.entries[0] is entry
+        kept.entries.popleft()
+        if entry.pending:
+            assert kept.pending[0] is entry
+            kept.pending.popleft()
+            entry.pending = False
+        entry.kept = False
+        self._kept -= 1
+        if not kept.entries:
+            del self._ids[entry.group]
