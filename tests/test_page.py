@@ -33,7 +33,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-EXAMPLE_FILE = ROOT / "templates" / "notifications" / "example.html"
+EXAMPLE_FILE = ROOT / "notifications" / "templates" / "notifications" / "example.html"
 CLIENT_FILE = ROOT / "notifications" / "static" / "notifications" / "notify-client.js"
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 

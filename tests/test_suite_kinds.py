@@ -11,7 +11,7 @@ ALL_KINDS = [*KINDS, UNIT]
 # Known tests, one of each kind (parametrized ids are tests as well).
 PURE = "tests/test_protocol.py::test_connected_registers_the_id"
 DAPHNE = "tests/test_daphne.py::test_greet_register_and_receive_from_a_short_lived_sender"
-MANAGE_PY = "tests/test_configuration.py::test_management_commands_need_no_secret_key"
+MANAGE_PY = "tests/test_project_settings.py::test_management_commands_need_no_secret_key"
 NGINX = "tests/test_proxy.py::test_behind_nginx_the_admin_shows_the_real_client_address_and_not_a_forged_one"
 SUPERVISORD = (
     "tests/test_deploy.py::"
