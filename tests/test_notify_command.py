@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from harness.clients import assert_receives_nothing, open_client, receive, register_confirmed
+from harness.clients import assert_receives_nothing, open_client, receive, register, register_confirmed
 from harness.servers import Daphne, Python, free_port
 from tests.presence import registry_counts
 
@@ -72,12 +72,24 @@ async def test_notify_reaches_a_client_through_the_servers_websocket_on_the_embe
     assert await receive(ws) == "image2video"
 
 
-async def test_notify_says_when_nobody_is_listening_and_still_exits_0(
+async def test_notify_says_when_nobody_is_listening_and_the_next_registration_receives_it(
     daphne: Daphne, manage: Callable[..., subprocess.CompletedProcess[str]]
 ) -> None:
     result = manage("notify", "nobody-home", "hello", "--url", daphne.url, env={"REDIS_URL": None})
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "Sent to 'nobody-home', but no live connection is registered right now.\n"
+    assert result.stdout == "Kept for 600 s for the next registration of 'nobody-home': nobody is registered now.\n"
+    ws = await open_client(daphne.url)
+    await register(ws, "nobody-home")
+    assert await receive(ws) == "hello"
+
+
+async def test_notify_says_when_nobody_is_listening_and_pending_is_off(
+    daphne_factory: Callable[..., Daphne], manage: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    daphne = daphne_factory({"NOTIFY_PENDING": "off"})
+    result = manage("notify", "nobody-home", "hello", "--url", daphne.url, env={"REDIS_URL": None})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Not delivered: nobody is registered as 'nobody-home', and pending notifications are off.\n"
 
 
 async def test_notify_reads_the_message_from_stdin_and_checks_json(

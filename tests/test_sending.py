@@ -145,15 +145,25 @@ async def test_code_in_another_process_reaches_clients_through_redis(
     await registry_counts("worker-result", 1)
     await registry_counts("someone-else", 1)
 
-    assert await asend("worker-result", {"status": 200}) == SendResult("worker-result", 1)
+    first = await asend("worker-result", {"status": 200})
+    assert (first.recipient, first.live_connections, first.outcome, first.pending_until) == (
+        "worker-result",
+        1,
+        "live",
+        None,
+    )
     assert await receive(ws) == '{"status": 200}'
     # Sync code (a Celery task, the shell) in a thread of its own.
-    assert await asyncio.to_thread(send, "worker-result", "from sync code") == SendResult("worker-result", 1)
+    second = await asyncio.to_thread(send, "worker-result", "from sync code")
+    assert (second.live_connections, second.outcome) == (1, "live")
+    assert first.position is not None and second.position is not None and first.position != second.position
     assert await receive(ws) == "from sync code"
-    assert await abroadcast("to everyone") == SendResult(None, 2)
+    assert await abroadcast("to everyone") == SendResult(None, 2)  # broadcasts are never kept: no outcome
     assert await receive(ws) == "to everyone"
     assert await receive(other) == "to everyone"
-    assert await asend("nobody", "x") == SendResult("nobody", 0)
+    nobody = await asend("nobody", "x")
+    assert (nobody.live_connections, nobody.outcome) == (0, "pending")
+    assert nobody.pending_until is not None
 
 
 @pytest.mark.usefixtures("registry_readable", "in_memory_layer", "async_db")
@@ -167,7 +177,9 @@ async def test_code_outside_the_server_on_the_embedded_default_goes_through_the_
     await register_confirmed(ws, "shell-user")
     await registry_counts("shell-user", 1)
 
-    assert await asyncio.to_thread(send, "shell-user", {"done": True}) == SendResult("shell-user", 1)
+    sent = await asyncio.to_thread(send, "shell-user", {"done": True})
+    # The server's "sent" reply tells the outcome; the position stays the server's.
+    assert (sent.live_connections, sent.outcome, sent.position) == (1, "live", None)
     assert await receive(ws) == '{"done": true}'
     assert await abroadcast("to everyone") == SendResult(None, 1)
     assert await receive(ws) == "to everyone"

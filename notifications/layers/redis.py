@@ -54,6 +54,7 @@ from typing import Any
 
 from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer, RedisSingleShardConnection
 from channels_redis.utils import _wrap_close
+from redis.exceptions import NoScriptError
 
 from notifications.conf import conf
 from notifications.layers import DEFAULT_CAPACITY, Kept, KeptNotification, count_undeliverable
@@ -168,7 +169,7 @@ class _Shard(RedisSingleShardConnection):
         self._outbox: deque[tuple[Command, asyncio.Future[Any]]] = deque()
         self._publisher: asyncio.Future[None] | None = None
         self._confirming: dict[str, list[asyncio.Future[None]]] = {}  # subscriptions Redis has not confirmed yet
-        self._scripts: dict[str, Any] = {}
+        self._scripts: dict[str, str] = {}  # Lua source -> its SHA1, once Redis has loaded it
         self._repending: set[asyncio.Future[None]] = set()
 
     async def publish(self, channel: str, message: bytes) -> int:
@@ -176,16 +177,23 @@ class _Shard(RedisSingleShardConnection):
         return int(await self._queue(lambda pipe: pipe.publish(channel, message)))
 
     async def run_script(self, source: str, keys: list[str], args: list[Any]) -> Any:
-        """A Lua script (EVALSHA, loaded when missing), pipelined as publishes are."""
-        script = self._script(source)
-        return await self._queue(lambda pipe: script(keys=keys, args=args, client=pipe))
+        """A Lua script by EVALSHA, pipelined as publishes are; loaded once, and again after a Redis restart."""
+        for attempt in (1, 2):
+            sha = await self._loaded(source)
+            try:
+                return await self._queue(lambda pipe, sha=sha: pipe.evalsha(sha, len(keys), *keys, *args))
+            except NoScriptError:
+                self._scripts.pop(source, None)  # Redis restarted, or its scripts were flushed
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
-    def _script(self, source: str) -> Any:
-        self._ensure_redis()
-        script = self._scripts.get(source)
-        if script is None:
-            script = self._scripts[source] = self._redis.register_script(source)
-        return script
+    async def _loaded(self, source: str) -> str:
+        sha = self._scripts.get(source)
+        if sha is None:
+            self._ensure_redis()
+            sha = self._scripts[source] = str(await self._redis.script_load(source))
+        return sha
 
     async def _queue(self, command: Command) -> Any:
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

@@ -1,0 +1,141 @@
+"""No "done" lost to a late page: pending notifications reach the first registrant, old clients included.
+
+Real daphne processes, real Redis, and clients that behave exactly as the
+field's do (connect, read the greeting, register, read raw text frames).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+
+import pytest
+import redis.asyncio as aioredis
+from websockets.asyncio.client import ClientConnection
+
+from harness.clients import assert_receives_nothing, frame, open_client, receive, register, send_once
+from harness.servers import Daphne
+from notifications.protocol import group_name
+
+
+async def sent_reply(ws: ClientConnection, recipient: str, message: str) -> dict[str, object]:
+    """Send a v2 send frame and read its reply."""
+    await ws.send(json.dumps({"recipient_uuid": recipient, "message": message, "v": 2}))
+    reply: dict[str, object] = json.loads(await receive(ws))
+    return reply
+
+
+async def test_a_page_that_registers_after_its_task_finished_on_another_process_receives_it_once(
+    redis_daphne_pair: tuple[Daphne, Daphne],
+) -> None:
+    a, b = redis_daphne_pair
+    await send_once(b.url, "task-42", "done")  # the back-end, before any page registered
+    late = await open_client(a.url)
+    await register(late, "task-42")
+    assert await receive(late) == "done"
+    # Pending once: a second page registering later does not receive it again...
+    later = await open_client(b.url)
+    await register(later, "task-42")
+    await assert_receives_nothing(later)
+    await assert_receives_nothing(late)
+    # ...and live notifications then reach both, as always.
+    await send_once(b.url, "task-42", "next")
+    assert await receive(late) == "next"
+    assert await receive(later) == "next"
+
+
+async def test_pending_notifications_arrive_in_the_order_they_were_sent_before_live_ones(
+    redis_daphne_pair: tuple[Daphne, Daphne],
+) -> None:
+    a, b = redis_daphne_pair
+    sender = await open_client(b.url)
+    for n in range(5):
+        await sender.send(frame("ordered", f"pending {n}"))
+    assert await sent_reply(sender, "ordered", "pending 5") == {
+        "type": "sent",
+        "recipient_uuid": "ordered",
+        "outcome": "pending",
+        "code": None,
+    }
+    page = await open_client(a.url)
+    await register(page, "ordered")
+    assert [await receive(page) for _ in range(6)] == [f"pending {n}" for n in range(6)]
+    assert (await sent_reply(sender, "ordered", "live one"))["outcome"] == "live"
+    assert await receive(page) == "live one"
+
+
+async def test_a_pending_notification_goes_once_its_time_is_up(
+    daphne_factory: Callable[..., Daphne], redis_url: str, redis_prefix: str
+) -> None:
+    server = daphne_factory({"REDIS_URL": redis_url, "REDIS_PREFIX": redis_prefix, "NOTIFY_HISTORY_TTL": "1"})
+    await send_once(server.url, "too-late", "done")
+    pending_key = f"{redis_prefix}kept:{group_name('too-late')}:p"
+    client = aioredis.from_url(redis_url)
+    try:
+        await wait_until_async(lambda: client.exists(pending_key), expected=1, seconds=5)
+        # Redis drops the key when the notification's time is up: that is the event awaited here.
+        await wait_until_async(lambda: client.exists(pending_key), expected=0, seconds=5)
+    finally:
+        await client.aclose()
+    page = await open_client(server.url)
+    await register(page, "too-late")
+    await assert_receives_nothing(page)
+
+
+async def wait_until_async(query: Callable[[], Awaitable[int]], *, expected: int, seconds: float) -> None:
+    async with asyncio.timeout(seconds):
+        while await query() != expected:  # noqa: ASYNC110 (an expiry in Redis: nothing to await)
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("layer", ["redis", "in-memory"])
+async def test_with_pending_off_a_notification_to_nobody_reaches_nobody_as_on_the_old_server(
+    daphne_factory: Callable[..., Daphne], redis_url: str, redis_prefix: str, layer: str
+) -> None:
+    env = {"NOTIFY_PENDING": "off"}
+    if layer == "redis":
+        env |= {"REDIS_URL": redis_url, "REDIS_PREFIX": redis_prefix}
+    server = daphne_factory(env)
+    sender = await open_client(server.url)
+    assert (await sent_reply(sender, "nobody-yet", "lost"))["outcome"] == "dropped"
+    page = await open_client(server.url)
+    await register(page, "nobody-yet")
+    await assert_receives_nothing(page)
+
+
+async def test_on_the_embedded_default_a_field_sender_before_the_registration_reaches_the_page(
+    daphne: Daphne,
+) -> None:
+    await send_once(daphne.url, "receiver-uuid", "image2video")  # the old client.py, before the page
+    page = await open_client(daphne.url)
+    await register(page, "receiver-uuid")
+    assert await receive(page) == "image2video"
+    other = await open_client(daphne.url)
+    await register(other, "receiver-uuid")
+    await assert_receives_nothing(other)
+
+
+async def test_a_v2_send_frame_is_told_what_happened_and_a_v1_frame_is_not(daphne: Daphne) -> None:
+    sender = await open_client(daphne.url)
+    assert (await sent_reply(sender, "v2-target", "first"))["outcome"] == "pending"
+    page = await open_client(daphne.url)
+    await register(page, "v2-target")
+    assert await receive(page) == "first"
+    assert (await sent_reply(sender, "v2-target", "second"))["outcome"] == "live"
+    assert await receive(page) == "second"
+    for not_v2 in ("2", 2.0, True, 3):
+        await sender.send(json.dumps({"recipient_uuid": "v2-target", "message": f"v={not_v2!r}", "v": not_v2}))
+        assert await receive(page) == f"v={not_v2!r}"
+    await sender.send(frame("v2-target", "v1"))
+    assert await receive(page) == "v1"
+    await assert_receives_nothing(sender)  # none of the frames but the v2 ones got a reply
+
+
+async def test_with_history_off_nothing_is_kept_or_pending(daphne_factory: Callable[..., Daphne]) -> None:
+    server = daphne_factory({"NOTIFY_HISTORY_SIZE": "0"})
+    sender = await open_client(server.url)
+    assert (await sent_reply(sender, "unkept", "gone"))["outcome"] == "dropped"
+    page = await open_client(server.url)
+    await register(page, "unkept")
+    await assert_receives_nothing(page)
