@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
 
+from asgiref.sync import async_to_sync
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
@@ -21,16 +22,14 @@ from django.utils.timesince import timesince
 
 from notifications.exceptions import DeliveryFailed, InvalidNotification
 from notifications.models import Connection, ServerProcess, ServerProcessQuerySet
-from notifications.protocol import message_text
+from notifications.protocol import message_text, validate_recipient
 from notifications.sending import send_to_connections
+from notifications.sending.delivery import take_pending
 
 if TYPE_CHECKING:
     ModelAdmin = admin.ModelAdmin[Any]
 else:  # django-stubs makes ModelAdmin generic; Django's own class is not subscriptable
     ModelAdmin = admin.ModelAdmin
-
-# One id shown in the list is cut here; the detail page shows them whole.
-SHOWN_ID_LENGTH = 40
 
 
 class ReadOnlyAdmin(ModelAdmin):
@@ -75,8 +74,21 @@ class SendMessageForm(forms.Form):
             raise forms.ValidationError(str(exc)) from exc
 
 
-def _short(recipient: str) -> str:
-    return recipient if len(recipient) <= SHOWN_ID_LENGTH else recipient[:SHOWN_ID_LENGTH] + "…"
+def _pending_line(recipient: str) -> str:
+    """How many notifications wait for the id ``recipient``'s next registration, in a sentence."""
+    try:
+        validate_recipient(recipient)
+    except InvalidNotification:
+        return ""  # a search for something that cannot be an id: nothing to say
+    try:
+        pending = async_to_sync(take_pending)(recipient, peek=True)
+    except Exception as exc:  # Redis down: the page still shows the connections
+        return f"Pending notifications of the id {recipient!r}: unknown ({type(exc).__name__}: {exc})."
+    if pending is None:
+        return ""  # a channel layer that keeps nothing
+    count = len(pending)
+    waiting = f"{count} notification{'s' if count != 1 else ''}"
+    return f"Pending for the id {recipient!r}: {waiting} waiting for its next registration."
 
 
 @admin.register(Connection)
@@ -122,8 +134,9 @@ class ConnectionAdmin(ReadOnlyAdmin):
 
     @admin.display(description="registered ids")
     def registered_ids(self, obj: Connection) -> str:
-        # Client-chosen text: returned as a plain string, which the admin escapes.
-        return ", ".join(_short(r.recipient) for r in obj.registrations.all()) or "—"
+        # Whole, so that an operator can read and search a prefixed UUID. Client-chosen
+        # text: returned as a plain string, which the admin escapes.
+        return ", ".join(r.recipient for r in obj.registrations.all()) or "—"
 
     @admin.display(description="registered ids")
     def all_registered_ids(self, obj: Connection) -> str:
@@ -142,6 +155,9 @@ class ConnectionAdmin(ReadOnlyAdmin):
         totals = Connection.objects.alive().aggregate(connections=Count("pk"), registered=Count("registered_at"))
         processes = ServerProcess.objects.alive().count()
         extra_context = {**(extra_context or {}), "totals": totals, "processes": processes}
+        searched = request.GET.get("q", "").strip()
+        if searched:
+            extra_context["pending_line"] = _pending_line(searched)
         return super().changelist_view(request, extra_context)
 
     @admin.action(description="Send a message to the selected connections", permissions=["send_notification"])

@@ -160,7 +160,7 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
                 exc,
             )
             return
-        if pending:
+        if pending:  # None: a layer that keeps nothing
             metrics.counters[metrics.PENDING_DELIVERED] += len(pending)
             logger.info(
                 "Client %s receives %d pending notifications of %s", self.temp_id, len(pending), describe(recipient)

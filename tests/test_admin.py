@@ -111,6 +111,27 @@ class TestConnectionList:
         assert found(alice.temp_id) == {alice.temp_id}
         assert found("nobody") == set()
 
+    def test_registered_ids_are_shown_whole_so_that_a_prefixed_uuid_can_be_read(
+        self, staff_client: Client, live_connections: Callable[..., list[Connection]]
+    ) -> None:
+        long_id = "tenant-eu-west-1:task:" + "0f8fad5b-d9cb-469f-a165-70867728950e"
+        live_connections(1, ids=(long_id,))
+        assert long_id in staff_client.get(CONNECTIONS).content.decode()
+
+    def test_a_search_for_an_id_says_how_many_notifications_wait_for_it(
+        self, staff_client: Client, in_memory_layer: None
+    ) -> None:
+        from asgiref.sync import async_to_sync
+
+        from notifications.sending import asend
+
+        for n in range(3):
+            async_to_sync(asend)("late-page", f"step {n}")  # nobody registered: pending
+        page = staff_client.get(CONNECTIONS, {"q": "late-page"}).content.decode()
+        assert "Pending for the id &#x27;late-page&#x27;: 3 notifications waiting for its next registration." in page
+        page = staff_client.get(CONNECTIONS, {"q": "<b>nobody</b>"}).content.decode()
+        assert "Pending for the id &#x27;&lt;b&gt;nobody&lt;/b&gt;&#x27;: 0 notifications" in page
+
     def test_filters_by_server_process_and_by_registered(
         self, staff_client: Client, live_connections: Callable[..., list[Connection]]
     ) -> None:

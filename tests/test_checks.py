@@ -47,6 +47,12 @@ BAD_SETTINGS: list[tuple[dict[str, Any], str]] = [
     ({"NOTIFICATIONS_API_MAX_BODY": 0}, "notifications.E017"),
     ({"NOTIFICATIONS_API_MAX_BATCH": "many"}, "notifications.E018"),
     ({"CHANNEL_LAYERS": {}}, "notifications.E019"),
+    ({"NOTIFICATIONS_HISTORY_SIZE": -1}, "notifications.E020"),
+    ({"NOTIFICATIONS_HISTORY_SIZE": "100"}, "notifications.E020"),
+    ({"NOTIFICATIONS_HISTORY_TTL": 0.5}, "notifications.E021"),  # at least a second
+    ({"NOTIFICATIONS_HISTORY_TTL": "10m"}, "notifications.E021"),
+    ({"NOTIFICATIONS_HISTORY_MAX_ENTRIES": 0}, "notifications.E022"),
+    ({"NOTIFICATIONS_PENDING": "off"}, "notifications.E023"),
     ({"CHANNEL_LAYERS": {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}}, "notifications.W001"),
     ({"CHANNEL_LAYERS": {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer"}}}, "notifications.W001"),
 ]

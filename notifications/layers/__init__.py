@@ -61,8 +61,11 @@ class KeepingLayer(Protocol):
     async def send_kept(self, group: str, message: dict[str, Any]) -> Kept:
         """``group_send`` that keeps ``message`` in the group's history, and as pending if nobody took it."""
 
-    async def take_pending(self, group: str) -> list[KeptNotification]:
-        """The group's pending notifications, oldest first, once; call after ``group_add`` returned."""
+    async def take_pending(self, group: str, *, peek: bool = False) -> list[KeptNotification]:
+        """The group's pending notifications, oldest first, once; call after ``group_add`` returned.
+
+        ``peek`` leaves them pending (for an operator's look).
+        """
 
 
 def count_undeliverable(event: Any, where: str) -> None:

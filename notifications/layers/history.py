@@ -83,13 +83,15 @@ class MemoryHistory:
             entry.pending = True
             self._ids[entry.group].pending.append(entry)
 
-    def take_pending(self, group: str) -> list[KeptNotification]:
-        """The id's pending notifications, oldest first, once: they are pending no more."""
+    def take_pending(self, group: str, *, peek: bool = False) -> list[KeptNotification]:
+        """The id's pending notifications, oldest first, once: they are pending no more (unless ``peek``)."""
         kept = self._ids.get(group)
         if kept is None or not kept.pending:
             return []
         now = self._clock()
         taken = [KeptNotification(e.position, e.text) for e in kept.pending if e.kept and e.expires_at > now]
+        if peek:
+            return taken
         for entry in kept.pending:
             entry.pending = False
         kept.pending.clear()

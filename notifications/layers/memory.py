@@ -107,5 +107,5 @@ class InMemoryLayer(InMemoryChannelLayer):
             return Kept(live=False, pending=True, position=entry.position)
         return Kept(live=False, pending=False, position=entry.position)
 
-    async def take_pending(self, group: str) -> list[KeptNotification]:
-        return self.history.take_pending(group)
+    async def take_pending(self, group: str, *, peek: bool = False) -> list[KeptNotification]:
+        return self.history.take_pending(group, peek=peek)

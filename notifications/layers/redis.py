@@ -120,12 +120,12 @@ end
 return {received, position}
 """
 
-# KEYS: the group's history, its pending list, the epoch. ARGV: HISTORY_TTL in ms.
-# Returns position, text, position, text... of the pending ones still kept, and deletes the list.
+# KEYS: the group's history, its pending list, the epoch. ARGV: HISTORY_TTL in ms, 1 to take (delete the list).
+# Returns position, text, position, text... of the pending ones still kept.
 TAKE_PENDING = """
 local ids = redis.call('LRANGE', KEYS[2], 0, -1)
 if #ids == 0 then return {} end
-redis.call('DEL', KEYS[2])
+if ARGV[2] == '1' then redis.call('DEL', KEYS[2]) end
 local epoch = redis.call('GET', KEYS[3]) or ''
 local t = redis.call('TIME')
 local oldest = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[1])
@@ -180,8 +180,12 @@ class _Shard(RedisSingleShardConnection):
         """A Lua script by EVALSHA, pipelined as publishes are; loaded once, and again after a Redis restart."""
         for attempt in (1, 2):
             sha = await self._loaded(source)
+
+            def evalsha(pipe: Any, sha: str = sha) -> Any:
+                return pipe.evalsha(sha, len(keys), *keys, *args)
+
             try:
-                return await self._queue(lambda pipe, sha=sha: pipe.evalsha(sha, len(keys), *keys, *args))
+                return await self._queue(evalsha)
             except NoScriptError:
                 self._scripts.pop(source, None)  # Redis restarted, or its scripts were flushed
                 if attempt == 2:
@@ -395,13 +399,15 @@ class _LoopLayer(RedisPubSubLoopLayer):
         live = received > 0
         return Kept(live=live, pending=not live and pending, position=position)
 
-    async def take_pending(self, group: str) -> list[KeptNotification]:
+    async def take_pending(self, group: str, *, peek: bool = False) -> list[KeptNotification]:
         if not conf.KEEPS:
             return []
         shard = self._get_shard(self._get_group_channel_name(group))
         keys = self.kept_keys(group)
         taken = await shard.run_script(
-            TAKE_PENDING, keys=[keys.history, keys.pending, keys.epoch], args=[int(conf.HISTORY_TTL * 1000)]
+            TAKE_PENDING,
+            keys=[keys.history, keys.pending, keys.epoch],
+            args=[int(conf.HISTORY_TTL * 1000), 0 if peek else 1],
         )
         pairs = [KeptNotification(taken[i].decode(), taken[i + 1].decode()) for i in range(0, len(taken), 2)]
         # In the order sent: one made pending again may have been appended after later ones.
@@ -448,8 +454,8 @@ class RedisPubSubLayer(RedisPubSubChannelLayer):
     async def send_kept(self, group: str, message: dict[str, Any]) -> Kept:
         return await self._get_layer().send_kept(group, message)
 
-    async def take_pending(self, group: str) -> list[KeptNotification]:
-        return await self._get_layer().take_pending(group)
+    async def take_pending(self, group: str, *, peek: bool = False) -> list[KeptNotification]:
+        return await self._get_layer().take_pending(group, peek=peek)
 
     def _get_layer(self) -> _LoopLayer:
         loop = asyncio.get_running_loop()

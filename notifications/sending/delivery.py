@@ -60,10 +60,13 @@ async def deliver(recipient: str, text: str) -> Kept | None:
     return kept
 
 
-async def take_pending(recipient: str) -> list[KeptNotification]:
-    """What waits for ``recipient``'s first registration, oldest first, once (call after joining its group)."""
+async def take_pending(recipient: str, *, peek: bool = False) -> list[KeptNotification] | None:
+    """What waits for ``recipient``'s first registration, oldest first, once (call after joining its group).
+
+    ``peek`` leaves it pending. None: the layer keeps nothing.
+    """
     take = getattr(channel_layer(), "take_pending", None)
-    return [] if take is None else list(await take(group_name(recipient)))
+    return None if take is None else list(await take(group_name(recipient), peek=peek))
 
 
 async def deliver_to_everyone(text: str) -> None:
