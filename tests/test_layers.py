@@ -174,3 +174,44 @@ async def test_pubsub_publish_to_a_redis_that_is_down_raises() -> None:
             await layer.group_send("g", event("nowhere"))
     finally:
         await layer.flush()
+
+
+# Kept notifications in the in-memory layer
+
+
+async def test_in_memory_a_notification_to_members_goes_live_with_its_position() -> None:
+    layer = InMemoryLayer()
+    channel = await layer.new_channel()
+    await layer.group_add("g", channel)
+    kept = await layer.send_kept("g", event("hello"))
+    assert (kept.live, kept.pending, kept.outcome) == (True, False, "live")
+    received = await layer.receive(channel)
+    assert received["text"] == "hello" and received["position"] == kept.position
+    assert await layer.take_pending("g") == []
+
+
+async def test_in_memory_a_notification_to_nobody_is_pending_for_the_first_taker_only() -> None:
+    layer = InMemoryLayer()
+    first, second = await layer.send_kept("g", event("one")), await layer.send_kept("g", event("two"))
+    assert (first.outcome, second.outcome) == ("pending", "pending")
+    assert [k.text for k in await layer.take_pending("g", peek=True)] == ["one", "two"]  # a look takes nothing
+    assert [(k.position, k.text) for k in await layer.take_pending("g")] == [
+        (first.position, "one"),
+        (second.position, "two"),
+    ]
+    assert await layer.take_pending("g") == []
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "position_kept"),
+    [("NOTIFICATIONS_PENDING", False, True), ("NOTIFICATIONS_HISTORY_SIZE", 0, False)],
+)
+async def test_in_memory_with_pending_or_history_off_a_notification_to_nobody_is_dropped(
+    settings: pytest.FixtureRequest, setting: str, value: object, position_kept: bool
+) -> None:
+    setattr(settings, setting, value)
+    layer = InMemoryLayer()
+    kept = await layer.send_kept("g", event("lost"))
+    assert kept.outcome == "dropped"
+    assert (kept.position is not None) is position_kept
+    assert await layer.take_pending("g") == []

@@ -73,6 +73,9 @@ LIBRARY_INTERNALS: dict[str, tuple[str, ...]] = {
         "_receive_message",
         "publish",
         "subscribe",
+        "_lock",
+        "_subscribed_to",
+        "_ensure_receiver",
         "unsubscribe",
         "flush",
     ),
@@ -86,8 +89,10 @@ LIBRARY_INTERNALS: dict[str, tuple[str, ...]] = {
         "receive",
         "group_discard",
         "group_send",
+        "prefix",
+        "_get_group_channel_name",
     ),
-    "RedisPubSubChannelLayer": ("_layers", "_args", "_kwargs", "_get_layer", "deserialize"),
+    "RedisPubSubChannelLayer": ("_layers", "_args", "_kwargs", "_get_layer", "serialize", "deserialize"),
     "channels_redis.utils": ("_wrap_close",),
 }
 
