@@ -173,7 +173,8 @@ class _Shard(RedisSingleShardConnection):
         super().__init__(host, channel_layer)
         self._outbox: deque[tuple[Command, asyncio.Future[Any]]] = deque()
         self._publisher: asyncio.Future[None] | None = None
-        self._confirming: dict[str, list[asyncio.Future[None]]] = {}  # subscriptions Redis has not confirmed yet
+        # Per channel, one future per SUBSCRIBE sent and not confirmed yet, in the order sent.
+        self._confirming: dict[str, deque[asyncio.Future[None]]] = {}
         self._scripts: dict[str, str] = {}  # Lua source -> its SHA1, once Redis has loaded it
         self._repending: set[asyncio.Future[None]] = set()
 
@@ -238,25 +239,37 @@ class _Shard(RedisSingleShardConnection):
         """Subscribe, and return once Redis confirmed it: from then on, what is published reaches this process."""
         confirmed: asyncio.Future[None] | None = None
         async with self._lock:
-            if channel not in self._subscribed_to or channel in self._confirming:
-                confirmed = asyncio.get_running_loop().create_future()
-                self._confirming.setdefault(channel, []).append(confirmed)
+            waiting = self._confirming.get(channel)
             if channel not in self._subscribed_to:
+                # Each SUBSCRIBE gets its own confirmation, in order: an earlier one's
+                # (before an UNSUBSCRIBE) must not count for this one.
+                confirmed = asyncio.get_running_loop().create_future()
+                self._confirming.setdefault(channel, deque()).append(confirmed)
                 self._ensure_redis()
                 self._ensure_receiver()
                 try:
                     await self._pubsub.subscribe(channel)
                 except BaseException:
-                    self._confirming.pop(channel, None)
+                    self._forget(channel, confirmed)
                     raise
                 self._subscribed_to.add(channel)
+            elif waiting:
+                confirmed = waiting[-1]  # subscribed by another member a moment ago: its confirmation counts
         if confirmed is not None:
             try:
-                await asyncio.wait_for(confirmed, SUBSCRIBE_TIMEOUT)
+                await asyncio.wait_for(asyncio.shield(confirmed), SUBSCRIBE_TIMEOUT)
             except TimeoutError:
+                self._forget(channel, confirmed)
                 raise TimeoutError(
                     f"Redis did not confirm the subscription to {channel} in {SUBSCRIBE_TIMEOUT:g} s"
                 ) from None
+
+    def _forget(self, channel: str, confirmed: asyncio.Future[None]) -> None:
+        waiting = self._confirming.get(channel)
+        if waiting is not None and confirmed in waiting:
+            waiting.remove(confirmed)
+            if not waiting:
+                del self._confirming[channel]
 
     async def _do_receiving(self) -> None:
         # The library polls with a 0.1 s timeout per message (a timer armed and
@@ -281,10 +294,13 @@ class _Shard(RedisSingleShardConnection):
             name = name.decode()
         kind = message["type"]
         if kind != "message" and kind != b"message":
-            if kind in ("subscribe", b"subscribe"):
-                for confirmed in self._confirming.pop(name, ()):
-                    if not confirmed.done():
-                        confirmed.set_result(None)
+            waiting = self._confirming.get(name)
+            if waiting and kind in ("subscribe", b"subscribe"):
+                confirmed = waiting.popleft()
+                if not waiting:
+                    del self._confirming[name]
+                if not confirmed.done():
+                    confirmed.set_result(None)
             return
         layer = self.channel_layer
         data = message["data"]
@@ -341,6 +357,11 @@ class _Shard(RedisSingleShardConnection):
             _, done = self._outbox.popleft()
             if not done.done():
                 done.set_exception(RuntimeError("the channel layer was flushed before this message was published"))
+        for waiting in self._confirming.values():
+            for confirmed in waiting:
+                if not confirmed.done():
+                    confirmed.set_exception(RuntimeError("the channel layer was flushed before Redis confirmed"))
+        self._confirming.clear()
         await super().flush()
 
 
