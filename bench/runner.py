@@ -37,7 +37,12 @@ VARIANTS = {
     "library-redis": "channels_redis.core.RedisChannelLayer",
     "in-memory": "notifications.layers.memory.InMemoryLayer",
 }
-SERVERS = ["baseline", "project", *VARIANTS]
+# The project with settings of its own, by the environment variables that set them.
+SETTINGS_VARIANTS: dict[str, dict[str, str]] = {
+    # No history and no pending: what keeping notifications costs, side by side with "project".
+    "history-off": {"NOTIFY_HISTORY_SIZE": "0"},
+}
+SERVERS = ["baseline", "project", *SETTINGS_VARIANTS, *VARIANTS]
 SCENARIOS = ["mass", "idle", "relay"]
 
 
@@ -166,6 +171,7 @@ def start_server(name: str, env_: Environment) -> Iterator[Running]:
     env = {**env_.env(), "REDIS_PREFIX": prefix}
     if name in VARIANTS:
         env.update({"DJANGO_SETTINGS_MODULE": "bench.settings", "BENCH_CHANNEL_LAYER": VARIANTS[name]})
+    env.update(SETTINGS_VARIANTS.get(name, {}))
     daphnes = [start_daphne(env=env, log_dir=workdir) for _ in range(env_.options.processes)]
     client = redis.Redis.from_url(env_.redis_url)
     redis_pid = env_.redis_server.process.pid if env_.redis_server and env_.redis_server.process else None

@@ -121,6 +121,7 @@ class MemoryHistory:
             kept.pending.popleft()
             entry.pending = False
         entry.kept = False
+        entry.text = ""  # it may linger in the order until compacted: its text must not
         self._kept -= 1
         if not kept.entries:
             del self._ids[entry.group]

@@ -175,7 +175,7 @@ class _Shard(RedisSingleShardConnection):
         self._publisher: asyncio.Future[None] | None = None
         # Per channel, one future per SUBSCRIBE sent and not confirmed yet, in the order sent.
         self._confirming: dict[str, deque[asyncio.Future[None]]] = {}
-        self._scripts: dict[str, str] = {}  # Lua source -> its SHA1, once Redis has loaded it
+        self._scripts: dict[str, asyncio.Future[Any]] = {}  # Lua source -> its SCRIPT LOAD (the SHA1)
         self._repending: set[asyncio.Future[None]] = set()
 
     async def publish(self, channel: str, message: bytes) -> int:
@@ -193,17 +193,24 @@ class _Shard(RedisSingleShardConnection):
             try:
                 return await self._queue(evalsha)
             except NoScriptError:
-                self._scripts.pop(source, None)  # Redis restarted, or its scripts were flushed
+                if (loading := self._scripts.get(source)) is not None and loading.done():
+                    del self._scripts[source]  # Redis restarted, or its scripts were flushed: load once more
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
 
     async def _loaded(self, source: str) -> str:
-        sha = self._scripts.get(source)
-        if sha is None:
+        """The script's SHA1 once Redis has loaded it: one SCRIPT LOAD however many callers wait."""
+        loading = self._scripts.get(source)
+        if loading is None:
             self._ensure_redis()
-            sha = self._scripts[source] = str(await self._redis.script_load(source))
-        return sha
+            loading = self._scripts[source] = asyncio.ensure_future(self._redis.script_load(source))
+        try:
+            return str(await asyncio.shield(loading))
+        except BaseException:
+            if loading.done() and self._scripts.get(source) is loading:
+                del self._scripts[source]  # a failed load is tried again by the next caller
+            raise
 
     async def _queue(self, command: Command) -> Any:
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
