@@ -2,8 +2,10 @@
 
 Each property returns the raw value of the Django setting, or the default
 when it is unset; :mod:`notifications.checks` checks every value's type and
-range at start-up, so code that reads them may trust them. Reading on every
-use keeps ``override_settings`` working.
+range at start-up, so code that reads them may trust them. Values are read
+once and remembered (the relay reads several per message, and a Django
+setting costs microseconds to look up); a change through
+``override_settings`` (``setting_changed``) forgets them.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.core.signals import setting_changed
 
 # The defaults, by setting name without the NOTIFICATIONS_ prefix.
 DEFAULTS: dict[str, Any] = {
@@ -35,9 +38,24 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+_values: dict[str, Any] = {}
+
+
 def raw(name: str) -> Any:
     """The setting ``NOTIFICATIONS_<name>`` as it is set, unchecked (the system checks read this)."""
-    return getattr(settings, f"NOTIFICATIONS_{name}", DEFAULTS[name])
+    try:
+        return _values[name]
+    except KeyError:
+        value = _values[name] = getattr(settings, f"NOTIFICATIONS_{name}", DEFAULTS[name])
+        return value
+
+
+def _forget(*, setting: str, **kwargs: Any) -> None:
+    if setting.startswith("NOTIFICATIONS_"):
+        _values.clear()
+
+
+setting_changed.connect(_forget)
 
 
 class Settings:
