@@ -181,7 +181,8 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
     async def _sent(self, recipient: str, outcome: str | None, code: str | None = None) -> None:
         """The v2 reply to a send frame: what became of the notification."""
         reply = {"type": "sent", "recipient_uuid": recipient, "outcome": outcome, "code": code}
-        await self._send_text(json.dumps(reply, ensure_ascii=False))
+        # Through the backlog: a sender that never reads must not grow the server's buffers.
+        await self.backlog_send(json.dumps(reply, ensure_ascii=False), None)
 
     async def _send_text(self, text: str) -> None:
         await self.send(text_data=text)

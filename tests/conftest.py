@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -12,7 +15,19 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import connection, connections
 
-from harness.servers import Daphne, Nginx, Python, RedisServer, start_daphne, start_nginx, url_of_database
+from harness.servers import (
+    ROOT,
+    Daphne,
+    Nginx,
+    Python,
+    RedisServer,
+    free_port,
+    start_daphne,
+    start_nginx,
+    stop_process,
+    url_of_database,
+    wait_for_port,
+)
 from harness.servers import run_python as run_python_process
 from notifications.models import Connection, Registration, ServerProcess
 from tests.kinds import kind_of
@@ -236,3 +251,20 @@ def nginx_factory(tmp_path: Path, collected_static: Path, nginx_binary: str) -> 
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def old_server() -> Iterator[str]:
+    """The old protocol-v1-only server (the benchmark's baseline: greets, relays, never replies); its URL."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.baseline", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(port, process=process)
+        yield f"ws://127.0.0.1:{port}/"
+    finally:
+        stop_process(process, signal.SIGTERM)

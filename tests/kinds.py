@@ -24,6 +24,7 @@ KINDS: dict[str, frozenset[str]] = {
             "collected_static",
             "bin_serve",
             "installed_wheel",
+            "old_server",
             "wheel",
         }
     ),

@@ -275,7 +275,7 @@ async def test_100000_ids_in_redis_keep_bounded_keys_that_expire(
         assert not out_of_bounds, out_of_bounds[:5]
 
         assert await client.xlen(f"{redis_prefix}kept:{busy}:h") == SIZE
-        assert await client.llen(f"{redis_prefix}kept:{busy}:p") <= SIZE
+        assert await client.zcard(f"{redis_prefix}kept:{busy}:p") <= SIZE
         taken = await layer.take_pending(busy)
         assert [k.text for k in taken] == [f"busy {i}" for i in range(20 - SIZE, 20)]
 

@@ -9,14 +9,24 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from websockets.asyncio.client import ClientConnection
 
-from harness.clients import assert_receives_nothing, frame, open_client, receive, register, send_once
-from harness.servers import Daphne
+from harness.clients import (
+    assert_receives_nothing,
+    frame,
+    open_client,
+    receive,
+    register,
+    register_confirmed,
+    send_once,
+)
+from harness.servers import Daphne, RedisServer
 from notifications.protocol import group_name
+from notifications.sending import asend
 
 
 async def sent_reply(ws: ClientConnection, recipient: str, message: str) -> dict[str, object]:
@@ -139,3 +149,91 @@ async def test_with_history_off_nothing_is_kept_or_pending(daphne_factory: Calla
     page = await open_client(server.url)
     await register(page, "unkept")
     await assert_receives_nothing(page)
+
+
+async def test_sending_through_an_old_v1_only_server_still_works_with_the_outcome_unknown(
+    old_server: str, settings: Any
+) -> None:
+    # During an upgrade, or against the old server itself: no "sent" reply ever comes.
+    settings.NOTIFICATIONS_SEND_THROUGH = "server"
+    settings.NOTIFICATIONS_SERVER_URL = old_server
+    settings.NOTIFICATIONS_REGISTRY_ENABLED = False
+    page = await open_client(old_server)
+    await register_confirmed(page, "old-page")
+    result = await asend("old-page", "from the new notify")
+    assert (result.outcome, result.position) == (None, None)
+    assert await receive(page) == "from the new notify"
+
+
+async def test_a_notification_made_pending_again_by_two_processes_is_delivered_once(
+    redis_url: str, redis_prefix: str
+) -> None:
+    from notifications.layers.redis import MAKE_PENDING_AGAIN, RedisPubSubLayer
+
+    layer = RedisPubSubLayer(hosts=[redis_url], prefix=redis_prefix)
+    try:
+        kept = await layer.send_kept("twice", {"type": "notify.message", "text": "once", "recipient": "x"})
+        assert kept.outcome == "pending"
+        loop_layer = layer._get_layer()
+        keys = loop_layer.kept_keys("twice")
+        shard = loop_layer._get_shard(loop_layer._get_group_channel_name("twice"))
+        stream_id = kept.position.rpartition(":")[2]
+        for _ in range(2):  # two processes whose last registrant left, both received it
+            await shard.run_script(
+                MAKE_PENDING_AGAIN,
+                keys=[loop_layer._get_group_channel_name("twice"), keys.pending],
+                args=[stream_id, 60_000, 100],
+            )
+        assert [k.text for k in await layer.take_pending("twice")] == ["once"]
+    finally:
+        await layer.flush()
+
+
+async def test_a_registrant_that_came_while_a_notification_was_made_pending_again_receives_it(
+    redis_daphne_pair: tuple[Daphne, Daphne], redis_url: str, redis_prefix: str
+) -> None:
+    # Process B's last registrant left; the notification B had received is made pending
+    # again after a page registered on A (which found nothing pending then): A is told.
+    from notifications.layers.redis import MAKE_PENDING_AGAIN, RedisPubSubLayer
+
+    a, _ = redis_daphne_pair
+    page = await open_client(a.url)
+    await register(page, "reloaded")
+    await assert_receives_nothing(page, within=0.3)
+    layer = RedisPubSubLayer(hosts=[redis_url], prefix=redis_prefix)
+    try:
+        loop_layer = layer._get_layer()
+        group = group_name("reloaded")
+        channel = loop_layer._get_group_channel_name(group)
+        keys = loop_layer.kept_keys(group)
+        shard = loop_layer._get_shard(channel)
+        # As B does it: the notification is in the history; B's script makes it pending again.
+        payload = layer.serialize({"type": "notify.message", "text": "done", "recipient": "reloaded"})
+        writer = aioredis.from_url(redis_url)
+        try:
+            stream_id = await writer.xadd(keys.history, {"p": payload})
+        finally:
+            await writer.aclose()
+        await shard.run_script(MAKE_PENDING_AGAIN, keys=[channel, keys.pending], args=[stream_id.decode(), 60_000, 100])
+    finally:
+        await layer.flush()
+    assert await receive(page) == "done"
+
+
+async def test_a_notification_sent_as_redis_comes_back_reaches_a_client_registered_before_the_outage(
+    daphne_factory: Callable[..., Daphne], own_redis: RedisServer
+) -> None:
+    server = daphne_factory({"REDIS_URL": own_redis.url, "REDIS_PREFIX": "gap"})
+    page = await open_client(server.url)
+    await register_confirmed(page, "through-the-outage")
+    sender = await open_client(server.url)
+    own_redis.stop()
+    own_redis.start_again()
+    # At once, before the server has subscribed again: nobody receives it live, so it is
+    # pending, and the server hands it over as soon as its subscription is back.
+    async with asyncio.timeout(15):
+        while True:
+            reply = await sent_reply(sender, "through-the-outage", "after the outage")
+            if reply["outcome"] != "refused":  # Redis not reachable yet for this connection
+                break
+    assert await receive(page, 15) == "after the outage"

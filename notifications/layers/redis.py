@@ -33,9 +33,15 @@ pending: deciding and acting in one atomic step, so that exactly one of
 registration subscribes, waits for Redis's confirmation, and only then takes
 what is pending (another script: take and delete). A notification that
 reaches a process whose last registrant of the id has just left is made
-pending again, unless another process is subscribed. Positions are
-``<epoch>:<stream id>``; the epoch is made when a Redis server first keeps
-a notification, so positions never repeat after a restart or a flush.
+pending again (a sorted set: made pending by two processes, it is still one),
+and every process with a registrant of the id is told so (a small message
+on the group's channel), so that a registration that came meanwhile takes
+it. After a reconnect, redis-py subscribes again; what was sent to a group
+before that took effect reached no process and is pending, so the process
+takes it for its registrants then. Positions are ``<epoch>:<stream id>``;
+the epoch is made when a Redis server first keeps a notification, so
+positions never repeat after a restart or a flush. If Redis refuses to keep
+(``maxmemory`` reached), notifications are published live only.
 
 These subclasses use members of channels-redis that are not its public API;
 :data:`LIBRARY_INTERNALS` names each one, and a test checks that the
@@ -54,7 +60,7 @@ from typing import Any
 
 from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer, RedisSingleShardConnection
 from channels_redis.utils import _wrap_close
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from notifications.conf import conf
 from notifications.layers import DEFAULT_CAPACITY, Kept, KeptNotification, count_undeliverable
@@ -103,8 +109,12 @@ LIBRARY_INTERNALS: dict[str, tuple[str, ...]] = {
 KEPT_MARKER = b"\x00"
 SUBSCRIBE_TIMEOUT = 10.0  # seconds Redis may take to confirm a subscription
 
-# KEYS: the group's channel, its history, its pending list, the epoch.
-# ARGV: the payload to publish, the text to keep, HISTORY_SIZE, HISTORY_TTL in ms, 1 if pending is on.
+# A published message that says "pending notifications of this group are waiting":
+# a process with registrants of the group takes them and hands them over.
+PENDING_AVAILABLE = b"\x01"
+
+# KEYS: the group's channel, its history (a stream), its pending set (a sorted set), the epoch.
+# ARGV: the payload to publish, HISTORY_SIZE, HISTORY_TTL in ms, 1 if pending is on.
 # Returns {subscribers that received it, its position}.
 SEND_KEPT = """
 local epoch = redis.call('GET', KEYS[4])
@@ -113,22 +123,25 @@ if not epoch then
   epoch = string.format('%x%05x', tonumber(t[1]), tonumber(t[2]))
   redis.call('SET', KEYS[4], epoch)
 end
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], '*', 't', ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '*', 'p', ARGV[1])
+local sent_at = tonumber(string.match(id, '^(%d+)'))
+-- Each entry expires HISTORY_TTL after it was sent, not when the key does.
+redis.call('XTRIM', KEYS[2], 'MINID', '~', sent_at - tonumber(ARGV[3]))
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
 local position = epoch .. ':' .. id
 local received = redis.call('PUBLISH', KEYS[1], '\0' .. position .. '\0' .. ARGV[1])
-if received == 0 and ARGV[5] == '1' then
-  redis.call('RPUSH', KEYS[3], id)
-  redis.call('LTRIM', KEYS[3], -tonumber(ARGV[3]), -1)
-  redis.call('PEXPIRE', KEYS[3], ARGV[4])
+if received == 0 and ARGV[4] == '1' then
+  redis.call('ZADD', KEYS[3], sent_at, id)
+  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[2]) - 1)
+  redis.call('PEXPIRE', KEYS[3], ARGV[3])
 end
 return {received, position}
 """
 
-# KEYS: the group's history, its pending list, the epoch. ARGV: HISTORY_TTL in ms, 1 to take (delete the list).
-# Returns position, text, position, text... of the pending ones still kept.
+# KEYS: the group's history, its pending set, the epoch. ARGV: HISTORY_TTL in ms, 1 to take (delete the set).
+# Returns position, payload, position, payload... of the pending ones still kept, oldest first.
 TAKE_PENDING = """
-local ids = redis.call('LRANGE', KEYS[2], 0, -1)
+local ids = redis.call('ZRANGE', KEYS[2], 0, -1)
 if #ids == 0 then return {} end
 if ARGV[2] == '1' then redis.call('DEL', KEYS[2]) end
 local epoch = redis.call('GET', KEYS[3]) or ''
@@ -147,13 +160,14 @@ end
 return taken
 """
 
-# KEYS: the group's channel, its pending list. ARGV: the stream id, HISTORY_TTL in ms, HISTORY_SIZE.
-# Pending again, unless some process is subscribed to the group now. Returns 1 if made pending.
+# KEYS: the group's channel, its pending set. ARGV: the stream id, HISTORY_TTL in ms, HISTORY_SIZE.
+# Pending again (once, however many processes ask), and every process with a registrant of the
+# group is told, so that one that registered meanwhile takes it.
 MAKE_PENDING_AGAIN = """
-if redis.call('PUBSUB', 'NUMSUB', KEYS[1])[2] > 0 then return 0 end
-redis.call('RPUSH', KEYS[2], ARGV[1])
-redis.call('LTRIM', KEYS[2], -tonumber(ARGV[3]), -1)
+redis.call('ZADD', KEYS[2], tonumber(string.match(ARGV[1], '^(%d+)')), ARGV[1])
+redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[3]) - 1)
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
+redis.call('PUBLISH', KEYS[1], '\1')
 return 1
 """
 
@@ -266,7 +280,7 @@ class _Shard(RedisSingleShardConnection):
             try:
                 await asyncio.wait_for(asyncio.shield(confirmed), SUBSCRIBE_TIMEOUT)
             except TimeoutError:
-                self._forget(channel, confirmed)
+                # Left in its place: if Redis confirms after all, that reply must not count for a later SUBSCRIBE.
                 raise TimeoutError(
                     f"Redis did not confirm the subscription to {channel} in {SUBSCRIBE_TIMEOUT:g} s"
                 ) from None
@@ -301,19 +315,18 @@ class _Shard(RedisSingleShardConnection):
             name = name.decode()
         kind = message["type"]
         if kind != "message" and kind != b"message":
-            waiting = self._confirming.get(name)
-            if waiting and kind in ("subscribe", b"subscribe"):
-                confirmed = waiting.popleft()
-                if not waiting:
-                    del self._confirming[name]
-                if not confirmed.done():
-                    confirmed.set_result(None)
+            if kind in ("subscribe", b"subscribe"):
+                self._subscribed(name)
             return
         layer = self.channel_layer
         data = message["data"]
         queue = layer.channels.get(name)
         if queue is not None:
             self._put(queue, data, name)
+            return
+        if data == PENDING_AVAILABLE:
+            if layer.groups.get(name):
+                self._soon(self._hand_over_pending(name))
             return
         delivered = False
         for channel in layer.groups.get(name, ()):
@@ -323,9 +336,43 @@ class _Shard(RedisSingleShardConnection):
                 delivered = True
         if not delivered and data[:1] == KEPT_MARKER and conf.KEEPS and conf.PENDING:
             # The last registrant of the id here left after Redis counted this process in.
-            again = asyncio.ensure_future(self._make_pending_again(name, data))
-            self._repending.add(again)
-            again.add_done_callback(self._repending.discard)
+            self._soon(self._make_pending_again(name, data))
+
+    def _subscribed(self, name: str) -> None:
+        """Redis confirmed a subscription: the oldest SUBSCRIBE of ``name`` still waiting is in effect."""
+        waiting = self._confirming.get(name)
+        if waiting:
+            confirmed = waiting.popleft()
+            if not waiting:
+                del self._confirming[name]
+            if not confirmed.done():
+                confirmed.set_result(None)
+        elif self.channel_layer.groups.get(name):
+            # Nobody waits: redis-py subscribed again after a reconnect. What was sent to
+            # the group meanwhile reached no process and is pending: hand it over here.
+            self._soon(self._hand_over_pending(name))
+
+    def _soon(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._repending.add(task)
+        task.add_done_callback(self._repending.discard)
+
+    async def _hand_over_pending(self, group_channel: str) -> None:
+        """Take the group's pending notifications and queue them for its registrants in this process."""
+        layer = self.channel_layer
+        group = group_channel.removeprefix(f"{layer.prefix}__group__")
+        try:
+            taken = await layer.take_pending_payloads(group)
+        except Exception as exc:
+            logger.warning("Could not take pending notifications of %s: %s: %s", group, type(exc).__name__, exc)
+            return
+        members = [layer.channels[c] for c in layer.groups.get(group_channel, ()) if c in layer.channels]
+        for position, payload in taken:
+            data = KEPT_MARKER + position.encode() + KEPT_MARKER + payload
+            if not members:  # they left meanwhile: pending again, for the next registrant
+                await self._make_pending_again(group_channel, data)
+            for queue in members:
+                self._put(queue, data, group_channel)
 
     async def _make_pending_again(self, group_channel: str, data: bytes) -> None:
         position = data[1:].split(KEPT_MARKER, 1)[0].decode()
@@ -423,16 +470,23 @@ class _LoopLayer(RedisPubSubLoopLayer):
             return Kept(live=await shard.publish(group_channel, payload) > 0, pending=False, position=None)
         keys = self.kept_keys(group)
         pending = conf.PENDING
-        received, position = await shard.run_script(
-            SEND_KEPT,
-            keys=[group_channel, keys.history, keys.pending, keys.epoch],
-            args=[payload, message["text"], conf.HISTORY_SIZE, int(conf.HISTORY_TTL * 1000), int(pending)],
-        )
-        position = position.decode()
+        try:
+            received, position = await shard.run_script(
+                SEND_KEPT,
+                keys=[group_channel, keys.history, keys.pending, keys.epoch],
+                args=[payload, conf.HISTORY_SIZE, int(conf.HISTORY_TTL * 1000), int(pending)],
+            )
+        except ResponseError as exc:
+            if not str(exc).startswith("OOM"):
+                raise
+            # Redis is full (maxmemory): keeping fails, delivering to whoever listens still works.
+            logger.warning("Redis refuses to keep notifications (%s); delivering live only", exc)
+            return Kept(live=await shard.publish(group_channel, payload) > 0, pending=False, position=None)
         live = received > 0
-        return Kept(live=live, pending=not live and pending, position=position)
+        return Kept(live=live, pending=not live and pending, position=position.decode())
 
-    async def take_pending(self, group: str, *, peek: bool = False) -> list[KeptNotification]:
+    async def take_pending_payloads(self, group: str, *, peek: bool = False) -> list[tuple[str, bytes]]:
+        """The group's pending notifications as (position, serialised event), oldest first; once unless ``peek``."""
         if not conf.KEEPS:
             return []
         shard = self._get_shard(self._get_group_channel_name(group))
@@ -442,9 +496,15 @@ class _LoopLayer(RedisPubSubLoopLayer):
             keys=[keys.history, keys.pending, keys.epoch],
             args=[int(conf.HISTORY_TTL * 1000), 0 if peek else 1],
         )
-        pairs = [KeptNotification(taken[i].decode(), taken[i + 1].decode()) for i in range(0, len(taken), 2)]
-        # In the order sent: one made pending again may have been appended after later ones.
-        return sorted(pairs, key=lambda kept: _stream_order(kept.position))
+        pairs = [(taken[i].decode(), bytes(taken[i + 1])) for i in range(0, len(taken), 2)]
+        # In the order sent (the sorted set orders by millisecond; the sequence within one counts too).
+        return sorted(pairs, key=lambda pair: _stream_order(pair[0]))
+
+    async def take_pending(self, group: str, *, peek: bool = False) -> list[KeptNotification]:
+        taken = await self.take_pending_payloads(group, peek=peek)
+        return [
+            KeptNotification(position, self.channel_layer.deserialize(payload)["text"]) for position, payload in taken
+        ]
 
     async def group_discard(self, group: str, channel: str) -> None:
         # A consumer leaving while Redis is down must not crash: its membership

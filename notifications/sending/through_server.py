@@ -20,6 +20,8 @@ from notifications.protocol import GREETING, REGISTER_MESSAGE
 logger = logging.getLogger(__name__)
 
 SERVER_TIMEOUT = 10.0  # seconds to reach the server's WebSocket and hand a notification over
+# Seconds for the first "sent" reply; without one, the server speaks protocol v1 only.
+FIRST_REPLY_TIMEOUT = 3.0
 
 
 async def send_through_server(url: str, items: list[tuple[str, str]]) -> list[str | None]:
@@ -60,7 +62,7 @@ async def _hand_to_server(url: str, items: list[tuple[str, str]]) -> list[str | 
                 for recipient, text in items:
                     frame = {"recipient_uuid": recipient, "message": text, "v": 2}
                     await ws.send(json.dumps(frame, ensure_ascii=False))
-                outcomes = [await _outcome(ws, url, recipient) for recipient, _ in items]
+                outcomes = await _outcomes(ws, url, [recipient for recipient, _ in items])
     except (InvalidURI, ValueError) as exc:  # ValueError: a port out of range, a broken IPv6 address
         raise DeliveryFailed(f"{url!r} is not a WebSocket address (ws://host:port/)") from exc
     except ConnectionClosed as exc:
@@ -78,9 +80,24 @@ async def _hand_to_server(url: str, items: list[tuple[str, str]]) -> list[str | 
     return outcomes
 
 
-async def _outcome(ws: Any, url: str, recipient: str) -> str | None:
-    """The server's ``sent`` reply to the send frame for ``recipient`` (the replies come in order)."""
-    data = await ws.recv()
+async def _outcomes(ws: Any, url: str, recipients: list[str]) -> list[str | None]:
+    """The server's ``sent`` replies, in order; all None from a server that answers none (protocol v1 only).
+
+    Such a server (the old one, or an older version of this one during an
+    upgrade) still took the notifications: the clean close says so.
+    """
+    try:
+        first = await asyncio.wait_for(ws.recv(), FIRST_REPLY_TIMEOUT)
+    except TimeoutError:
+        return [None] * len(recipients)
+    outcomes = [_outcome(first, url, recipients[0])]
+    for recipient in recipients[1:]:
+        outcomes.append(_outcome(await ws.recv(), url, recipient))
+    return outcomes
+
+
+def _outcome(data: Any, url: str, recipient: str) -> str | None:
+    """The outcome in the server's ``sent`` reply to the send frame for ``recipient``."""
     try:
         reply = json.loads(data)
     except (TypeError, ValueError):
