@@ -1,3 +1,5 @@
+"""The app's configuration: registers its system checks when Django starts."""
+
 from __future__ import annotations
 
 from django.apps import AppConfig

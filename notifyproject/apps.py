@@ -1,3 +1,5 @@
+"""The project as an app of its own, so that Django registers the project's system checks."""
+
 from __future__ import annotations
 
 from django.apps import AppConfig

@@ -1,3 +1,5 @@
+"""The project's URLs: the app's pages, a login page for its send view, and the admin."""
+
 from __future__ import annotations
 
 from django.contrib import admin

@@ -1,0 +1,1 @@
+"""``manage.py notify`` and ``manage.py purge_connections``."""
