@@ -15,7 +15,7 @@ from notifications.dispatch import SerialDispatchMixin
 from notifications.exceptions import DeliveryFailed
 from notifications.protocol import GREETING, Register, Relay, broadcast_group, describe, group_name, parse_frame
 from notifications.registry import registry
-from notifications.sending.delivery import deliver, take_pending
+from notifications.sending.delivery import EVENT_TYPE, deliver, drain, keep_pending, take_pending
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,9 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
         registry.disconnected(self.temp_id)  # first: even if leaving a group fails
         for group in self._groups():
             await self.channel_layer.group_discard(group, self.channel_name)
+        # Out of every group: what reached this connection's queue meanwhile would be lost with it.
+        for event in drain(self.channel_name):
+            await self._not_sent(event)
         unsent = self.backlog.discard() if self.backlog is not None else 0
         if unsent:  # the client left before it read them
             metrics.counters[metrics.UNDELIVERABLE] += unsent
@@ -167,6 +170,32 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
             )
             for kept in pending:
                 await self.backlog_send(kept.text, recipient)
+
+    async def undispatched(self, messages: list[dict[str, Any]]) -> None:
+        for message in messages:
+            if message.get("type") == EVENT_TYPE:
+                await self._not_sent(message)
+
+    async def _not_sent(self, event: dict[str, Any]) -> None:
+        """A notification that reached this connection as it left: kept for the id's next registrant, or counted."""
+        recipient = event.get("recipient")
+        if isinstance(recipient, str):
+            try:
+                kept = await keep_pending(recipient, event)
+            except Exception as exc:
+                kept = False
+                logger.warning("Could not make a notification pending again: %s: %s", type(exc).__name__, exc)
+            if kept:
+                logger.info(
+                    "Client %s left before it received a notification for %s: kept", self.temp_id, describe(recipient)
+                )
+                return
+        metrics.counters[metrics.UNDELIVERABLE] += 1
+        logger.warning(
+            "Undeliverable notification for %s: client %s left before it was sent",
+            describe(recipient) if isinstance(recipient, str) else "an unknown recipient",
+            self.temp_id,
+        )
 
     async def notify_message(self, event: dict[str, Any]) -> None:
         """A notification from the channel layer (:data:`notifications.sending.delivery.EVENT_TYPE`)."""

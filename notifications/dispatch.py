@@ -44,8 +44,13 @@ class SerialDispatchMixin:
             self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
             sources.append(self.channel_receive)
         self.base_send = send
+        self.left_over: list[dict[str, Any]] = []
         with contextlib.suppress(StopConsumer):
-            await self._dispatch_from(sources)
+            try:
+                await self._dispatch_from(sources)
+            finally:
+                if self.left_over:
+                    await self.undispatched(self.left_over)
 
     async def _dispatch_from(self, sources: list[Source]) -> None:
         """Dispatch what each source yields, one message at a time, until a handler raises.
@@ -65,6 +70,7 @@ class SerialDispatchMixin:
                     message = await source()
                     async with turn:
                         if stopped:
+                            self.left_over.append(message)  # read, but the consumer stopped first
                             return
                         await self.dispatch(message)
             except BaseException:
@@ -83,6 +89,9 @@ class SerialDispatchMixin:
             for reader in readers:
                 if not reader.cancelled():
                     reader.exception()  # retrieved: the first error has been raised above
+
+    async def undispatched(self, messages: list[dict[str, Any]]) -> None:
+        """Messages read from a source after a handler stopped the consumer; by default, nothing."""
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels runs close_old_connections() in a worker thread before every

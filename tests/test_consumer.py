@@ -13,7 +13,7 @@ from harness.clients import frame, is_probe
 from notifications import metrics
 from notifications.protocol import group_name
 from tests.asgi import application
-from tests.communicators import connect, connected, register, send
+from tests.communicators import connect, connect_registered, connected, register, send
 
 pytestmark = pytest.mark.usefixtures("in_memory_layer")
 
@@ -217,3 +217,32 @@ class TestOrigins:
         for origin in (b"https://anything.example", b"null"):
             communicator = await connect(headers=[(b"origin", origin)])
             await communicator.disconnect()
+
+
+async def test_a_notification_racing_its_connections_close_reaches_it_or_the_next_registrant(
+    in_memory_layer: None,
+) -> None:
+    # A reload: the notification lands in the connection's queue as it closes. Either the
+    # connection sent it before it left, or the id's next registrant receives it: once.
+    layer = get_channel_layer()
+    outcomes = []
+    for n in range(40):
+        recipient = f"reload-{n}"
+        old = await connect_registered(recipient)
+        event = {"type": "notify.message", "text": "done", "recipient": recipient}
+        if n % 2:  # the notification first, then the close...
+            await layer.send_kept(group_name(recipient), event)
+            await old.send_input({"type": "websocket.disconnect", "code": 1001})
+        else:  # ...or the close first: the notification lands in the queue of a connection that is leaving
+            await old.send_input({"type": "websocket.disconnect", "code": 1001})
+            await layer.send_kept(group_name(recipient), event)
+        await old.wait(timeout=5)
+        sent_to_old = []
+        while not await old.receive_nothing(0.01):
+            sent_to_old.append((await old.receive_output())["text"])
+        new = await connect()
+        await send(new, recipient, "connected")
+        sent_to_new = [await new.receive_from()] if not await new.receive_nothing(0.3) else []
+        await new.disconnect()
+        outcomes.append((sent_to_old.count("done"), sent_to_new.count("done")))
+    assert all(old + new == 1 for old, new in outcomes), outcomes

@@ -237,3 +237,30 @@ async def test_a_notification_sent_as_redis_comes_back_reaches_a_client_register
             if reply["outcome"] != "refused":  # Redis not reachable yet for this connection
                 break
     assert await receive(page, 15) == "after the outage"
+
+
+async def test_a_notification_that_reached_a_leaving_connections_queue_is_kept_for_the_next_one(
+    redis_url: str, redis_prefix: str
+) -> None:
+    from notifications.layers.redis import RedisPubSubLayer
+
+    layer = RedisPubSubLayer(hosts=[redis_url], prefix=redis_prefix)
+    try:
+        channel = await layer.new_channel()
+        await layer.group_add("leaving", channel)
+        kept = await layer.send_kept("leaving", {"type": "notify.message", "text": "done", "recipient": "r"})
+        assert kept.outcome == "live"
+        await asyncio.wait_for(_queued(layer, channel), 5)
+        await layer.group_discard("leaving", channel)  # the page reloads: it leaves before reading it
+        (left,) = layer.drain(channel)
+        assert (left["text"], left["position"]) == ("done", kept.position)
+        assert await layer.keep_pending("leaving", left) is True
+        assert [(k.position, k.text) for k in await layer.take_pending("leaving")] == [(kept.position, "done")]
+    finally:
+        await layer.flush()
+
+
+async def _queued(layer: Any, channel: str) -> None:
+    queue = layer._get_layer().channels[channel]
+    while queue.empty():  # noqa: ASYNC110 (Redis delivers to the layer's queue: nothing to await)
+        await asyncio.sleep(0.01)

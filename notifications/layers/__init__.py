@@ -67,6 +67,12 @@ class KeepingLayer(Protocol):
         ``peek`` leaves them pending (for an operator's look).
         """
 
+    def drain(self, channel: str) -> list[dict[str, Any]]:
+        """The events still queued for ``channel``, taken out (its consumer is leaving)."""
+
+    async def keep_pending(self, group: str, message: dict[str, Any]) -> bool:
+        """A kept ``message`` whose connection left before it was sent: pending again (True), or not kept."""
+
 
 def count_undeliverable(event: Any, where: str) -> None:
     """Count and log a notification that could not be queued for a connection."""

@@ -77,6 +77,11 @@ class MemoryHistory:
             self._order = deque(e for e in self._order if e.kept)
         return entry
 
+    def find(self, group: str, position: object) -> _Entry | None:
+        """The kept entry at ``position`` in ``group``'s history, if it is still kept."""
+        kept = self._ids.get(group)
+        return next((e for e in kept.entries if e.position == position), None) if kept is not None else None
+
     def make_pending(self, entry: _Entry) -> None:
         """``entry`` reached nobody: the id's next registration takes it."""
         if entry.kept and not entry.pending:

@@ -107,5 +107,21 @@ class InMemoryLayer(InMemoryChannelLayer):
             return Kept(live=False, pending=True, position=entry.position)
         return Kept(live=False, pending=False, position=entry.position)
 
+    def drain(self, channel: str) -> list[dict[str, Any]]:
+        queue = self.channels.get(channel)
+        left: list[dict[str, Any]] = []
+        while queue is not None and not queue.empty():
+            left.append(queue.get_nowait()[1])
+        return left
+
+    async def keep_pending(self, group: str, message: dict[str, Any]) -> bool:
+        if self._queue_for_members(group, message):  # registered here meanwhile: it is live for them
+            return True
+        entry = self.history.find(group, message.get("position"))
+        if entry is None or not conf.PENDING:
+            return False
+        self.history.make_pending(entry)
+        return True
+
     async def take_pending(self, group: str, *, peek: bool = False) -> list[KeptNotification]:
         return self.history.take_pending(group, peek=peek)

@@ -500,6 +500,27 @@ class _LoopLayer(RedisPubSubLoopLayer):
         # In the order sent (the sorted set orders by millisecond; the sequence within one counts too).
         return sorted(pairs, key=lambda pair: _stream_order(pair[0]))
 
+    def drain(self, channel: str) -> list[dict[str, Any]]:
+        queue = self.channels.get(channel)
+        left: list[dict[str, Any]] = []
+        while queue is not None and not queue.empty():
+            left.append(self.decode(queue.get_nowait()))
+        return left
+
+    async def keep_pending(self, group: str, message: dict[str, Any]) -> bool:
+        position = message.get("position")
+        if not (isinstance(position, str) and conf.KEEPS and conf.PENDING):
+            return False
+        group_channel = self._get_group_channel_name(group)
+        keys = self.kept_keys(group)
+        # Pending again, and every process with a registrant of the id is told (see MAKE_PENDING_AGAIN).
+        await self._get_shard(group_channel).run_script(
+            MAKE_PENDING_AGAIN,
+            keys=[group_channel, keys.pending],
+            args=[position.rpartition(":")[2], int(conf.HISTORY_TTL * 1000), conf.HISTORY_SIZE],
+        )
+        return True
+
     async def take_pending(self, group: str, *, peek: bool = False) -> list[KeptNotification]:
         taken = await self.take_pending_payloads(group, peek=peek)
         return [
@@ -549,6 +570,12 @@ class RedisPubSubLayer(RedisPubSubChannelLayer):
 
     async def take_pending(self, group: str, *, peek: bool = False) -> list[KeptNotification]:
         return await self._get_layer().take_pending(group, peek=peek)
+
+    def drain(self, channel: str) -> list[dict[str, Any]]:
+        return self._get_layer().drain(channel)
+
+    async def keep_pending(self, group: str, message: dict[str, Any]) -> bool:
+        return await self._get_layer().keep_pending(group, message)
 
     def _get_layer(self) -> _LoopLayer:
         loop = asyncio.get_running_loop()

@@ -60,6 +60,18 @@ async def deliver(recipient: str, text: str) -> Kept | None:
     return kept
 
 
+def drain(channel_name: str) -> list[dict[str, Any]]:
+    """What waits in a connection's channel, taken out (the connection is leaving); [] for other layers."""
+    take = getattr(channel_layer(), "drain", None)
+    return [] if take is None else list(take(channel_name))
+
+
+async def keep_pending(recipient: str, event: dict[str, Any]) -> bool:
+    """A kept notification its connection left before receiving: to a registrant that came, or pending again."""
+    keep = getattr(channel_layer(), "keep_pending", None)
+    return False if keep is None else bool(await keep(group_name(recipient), event))
+
+
 async def take_pending(recipient: str, *, peek: bool = False) -> list[KeptNotification] | None:
     """What waits for ``recipient``'s first registration, oldest first, once (call after joining its group).
 
