@@ -189,6 +189,7 @@ class _Shard(RedisSingleShardConnection):
         self._publisher: asyncio.Future[None] | None = None
         # Per channel, one future per SUBSCRIBE sent and not confirmed yet, in the order sent.
         self._confirming: dict[str, deque[asyncio.Future[None]]] = {}
+        self._lost: set[str] = set()  # channels whose waiting SUBSCRIBEs went with a broken connection
         self._scripts: dict[str, asyncio.Future[Any]] = {}  # Lua source -> its SCRIPT LOAD (the SHA1)
         self._repending: set[asyncio.Future[None]] = set()
 
@@ -304,6 +305,9 @@ class _Shard(RedisSingleShardConnection):
             except (asyncio.CancelledError, TimeoutError, GeneratorExit):
                 raise
             except Exception as exc:
+                # The SUBSCRIBEs still waiting were sent on the connection that broke; redis-py
+                # subscribes to every channel again on the next one, with one reply each.
+                self._lost.update(self._confirming)
                 logger.warning("Reading from Redis failed, retrying in 1 s: %s: %s", type(exc).__name__, exc)
                 await asyncio.sleep(1)
 
@@ -341,7 +345,16 @@ class _Shard(RedisSingleShardConnection):
     def _subscribed(self, name: str) -> None:
         """Redis confirmed a subscription: the oldest SUBSCRIBE of ``name`` still waiting is in effect."""
         waiting = self._confirming.get(name)
-        if waiting:
+        if waiting and name in self._lost:
+            # The re-subscription after a reconnect: it stands for every SUBSCRIBE sent before.
+            self._lost.discard(name)
+            del self._confirming[name]
+            for confirmed in waiting:
+                if not confirmed.done():
+                    confirmed.set_result(None)
+            if self.channel_layer.groups.get(name):
+                self._soon(self._hand_over_pending(name))
+        elif waiting:
             confirmed = waiting.popleft()
             if not waiting:
                 del self._confirming[name]
@@ -416,6 +429,7 @@ class _Shard(RedisSingleShardConnection):
                 if not confirmed.done():
                     confirmed.set_exception(RuntimeError("the channel layer was flushed before Redis confirmed"))
         self._confirming.clear()
+        self._lost.clear()
         await super().flush()
 
 
