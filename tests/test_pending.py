@@ -99,11 +99,14 @@ async def wait_until_async(query: Callable[[], Awaitable[int]], *, expected: int
             await asyncio.sleep(0.05)
 
 
-@pytest.mark.parametrize("layer", ["redis", "in-memory"])
-async def test_with_pending_off_a_notification_to_nobody_reaches_nobody_as_on_the_old_server(
-    daphne_factory: Callable[..., Daphne], redis_url: str, redis_prefix: str, layer: str
+@pytest.mark.parametrize(
+    ("off", "layer"),
+    [("NOTIFY_PENDING", "redis"), ("NOTIFY_PENDING", "in-memory"), ("NOTIFY_HISTORY_SIZE", "in-memory")],
+)
+async def test_with_pending_or_history_off_a_notification_to_nobody_reaches_nobody_as_on_the_old_server(
+    daphne_factory: Callable[..., Daphne], redis_url: str, redis_prefix: str, off: str, layer: str
 ) -> None:
-    env = {"NOTIFY_PENDING": "off"}
+    env = {off: "off" if off == "NOTIFY_PENDING" else "0"}  # history off keeps nothing, so nothing is pending
     if layer == "redis":
         env |= {"REDIS_URL": redis_url, "REDIS_PREFIX": redis_prefix}
     server = daphne_factory(env)
@@ -140,15 +143,6 @@ async def test_a_v2_send_frame_is_told_what_happened_and_a_v1_frame_is_not(daphn
     await sender.send(frame("v2-target", "v1"))
     assert await receive(page) == "v1"
     await assert_receives_nothing(sender)  # none of the frames but the v2 ones got a reply
-
-
-async def test_with_history_off_nothing_is_kept_or_pending(daphne_factory: Callable[..., Daphne]) -> None:
-    server = daphne_factory({"NOTIFY_HISTORY_SIZE": "0"})
-    sender = await open_client(server.url)
-    assert (await sent_reply(sender, "unkept", "gone"))["outcome"] == "dropped"
-    page = await open_client(server.url)
-    await register(page, "unkept")
-    await assert_receives_nothing(page)
 
 
 async def test_sending_through_an_old_v1_only_server_still_works_with_the_outcome_unknown(

@@ -390,13 +390,8 @@ class _Shard(RedisSingleShardConnection):
     async def _make_pending_again(self, group_channel: str, data: bytes) -> None:
         position = data[1:].split(KEPT_MARKER, 1)[0].decode()
         group = group_channel.removeprefix(f"{self.channel_layer.prefix}__group__")
-        keys = self.channel_layer.kept_keys(group)
         try:
-            await self.run_script(
-                MAKE_PENDING_AGAIN,
-                keys=[group_channel, keys.pending],
-                args=[position.rpartition(":")[2], int(conf.HISTORY_TTL * 1000), conf.HISTORY_SIZE],
-            )
+            await self.channel_layer.keep_pending(group, {"position": position})
         except Exception as exc:
             logger.warning(
                 "Undeliverable notification at %s: its last registrant here left, and it could not be made "

@@ -38,26 +38,10 @@ async def deliver(recipient: str, text: str) -> Kept | None:
     pending (:class:`~notifications.layers.Kept`); another layer says
     nothing (None).
     """
-    layer = channel_layer()
-    group = group_name(recipient)
     # The recipient travels along so that a layer that cannot queue the
     # notification for a connection can say for whom it was.
     event = {"type": EVENT_TYPE, "text": text, "recipient": recipient}
-    send_kept = getattr(layer, "send_kept", None)
-    try:
-        if send_kept is None:
-            await layer.group_send(group, event)
-            kept = None
-        else:
-            kept = await send_kept(group, event)
-    except Exception as exc:
-        # describe() only here: it costs, and this is the path of every relayed message.
-        refused(describe(recipient), exc)
-        raise DeliveryFailed(f"the channel layer refused the notification: {exc}") from exc
-    metrics.counters[metrics.RELAYED] += 1
-    if kept is not None and kept.pending:
-        metrics.counters[metrics.PENDING] += 1
-    return kept
+    return await _group_send(group_name(recipient), event, recipient)
 
 
 def drain(channel_name: str) -> list[dict[str, Any]]:
@@ -97,16 +81,28 @@ async def deliver_to_channel(channel_name: str, text: str) -> bool:
     return True
 
 
-async def _group_send(group: str, event: dict[str, Any], recipient: str | None) -> None:
-    """``group_send``, counted; a refusal is counted, logged with ``recipient`` (None: everyone) and raised."""
+async def _group_send(group: str, event: dict[str, Any], recipient: str | None) -> Kept | None:
+    """``group_send``, counted; a refusal is counted, logged with ``recipient`` (None: everyone) and raised.
+
+    A notification to a recipient goes through the layer's ``send_kept`` where
+    it has one (the app's layers keep it); a broadcast is never kept.
+    """
     layer = channel_layer()
+    send_kept = getattr(layer, "send_kept", None) if recipient is not None else None
     try:
-        await layer.group_send(group, event)
+        if send_kept is None:
+            await layer.group_send(group, event)
+            kept = None
+        else:
+            kept = await send_kept(group, event)
     except Exception as exc:
         # describe() only here: it costs, and this is the path of every relayed message.
         refused(describe(recipient) if recipient is not None else "every connection", exc)
         raise DeliveryFailed(f"the channel layer refused the notification: {exc}") from exc
     metrics.counters[metrics.RELAYED] += 1
+    if kept is not None and kept.pending:
+        metrics.counters[metrics.PENDING] += 1
+    return kept
 
 
 def refused(target: str, exc: Exception) -> None:
