@@ -1,50 +1,103 @@
 /*
- * notify-client.js: a dependency-free browser client for the Notification Center (protocol v1).
+ * notify-client.js: a dependency-free browser client for the Notification Center (protocol v2, and v1 servers).
  * No build step: copy the file, or load it from a running server at /static/notifications/notify-client.js.
  *
  *   const client = new NotifyClient("ws://localhost:8765/", {
- *     ids: ["test-uuid"],                              // registered now and again after every reconnect
- *     onMessage: (text) => console.log(text),          // each notification: the exact text sent
- *     onState: (state, detail) => console.log(state),  // "connecting", "connected", "reconnecting", "closed";
- *                                                      // when reconnecting, detail.delay: ms until the next try
+ *     ids: ["test-uuid"],                  // registered now and again, resuming, after every reconnect
+ *     onMessage: (text, info) => {},       // each notification: the exact text sent, and
+ *                                          // info = {id, position, replayed}: the id it was sent to, its
+ *                                          // position (an opaque string, or null), and replayed: true when
+ *                                          // it was sent before this registration (missed, now caught up)
+ *     onGap: (id) => {},                   // some notifications of id could not be recovered: re-read
+ *                                          // the application's state (what the notifications were about)
+ *     onRefused: (id, code) => {},         // the server refused to register id: "limit", "unavailable",
+ *                                          // "token-required", "token-invalid", "token-expired"
+ *     onState: (state, detail) => {},      // "connecting", "connected", "reconnecting", "closed";
+ *                                          // when reconnecting, detail.delay: ms until the next try,
+ *                                          // detail.code: the close code that ended the connection
  *   });
- *   client.register("another-id");                     // up to 16 ids per connection
- *   client.send("someone-else", "hello");              // false when not connected (nothing is queued)
- *   client.close();                                    // for good: no reconnect
+ *   client.register("another-id");         // up to 16 ids per connection (the server's limit)
+ *   client.send("someone-else", "hello");  // false when not connected (nothing is queued)
+ *   client.close();                        // for good: no reconnect
  *
- * When the connection closes (a server restart, a network change that the
- * browser notices) the client reconnects on its own after 0.5 s, 1 s, 2 s, ...
- * up to 30 s, each delay randomised between half and all of it so that
- * thousands of pages do not come back at the same instant, and registers its
- * ids again. When the browser comes back online it tries at once instead of
- * waiting out the delay. The server's
- * greeting is not a notification and is not passed to onMessage.
+ * Resuming: the client registers every id with protocol v2 frames and keeps
+ * the position of the last notification of each id, in memory and in the
+ * page's sessionStorage (key "notify-client " + JSON of [server URL, id]), so
+ * that after a reconnect or a reload of the page it registers with "since"
+ * and the server replays, in order and once, what was sent meanwhile, or
+ * says it cannot: then onGap(id). Where sessionStorage is unavailable (some
+ * privacy modes) positions live in memory only: a reload then starts afresh.
+ * A server that speaks only protocol v1 answers nothing to a registration
+ * and sends raw text: the client works as before (info.id and info.position
+ * are then null). send() sends protocol v1 frames (no reply).
+ *
+ * When the connection closes the client reconnects on its own: after
+ * 0.5 s, 1 s, 2 s, ... up to 30 s (minDelay, maxDelay), each delay randomised
+ * between half and all of it so that thousands of pages do not come back at
+ * the same instant; within restartDelay (1 s) when the server closed with
+ * 4012 (restarting, or continuity lost: resume at once); and only after
+ * slowDelay (3 s) or more, doubling, when it closed with 4008 (a limit
+ * broken) or 4013 (it cannot register now). When the browser comes back
+ * online it tries at once instead of waiting out a network backoff.
+ * The server's greeting is not a notification and is not passed to onMessage.
  * Notifications are untrusted text: show them with textContent, never innerHTML.
  */
 (function (global) {
   "use strict";
 
   const GREETING = "..:: Hello from the Notification Center ::..";
-  const REGISTER = "connected"; // the message text that protocol v1 reads as a registration
+  const REGISTER = "connected"; // the message text that the protocol reads as a registration
+  const RESTARTING = 4012; // reconnect soon and resume
+  const SLOW_DOWN = new Set([4008, 4013]); // a limit broken; cannot register now: back off for seconds
+  const STORAGE_PREFIX = "notify-client ";
+
+  // sessionStorage, or null where the page may not use it (reading the property itself can throw).
+  function sessionStore() {
+    try {
+      return global.sessionStorage || null;
+    } catch (error) {
+      return null;
+    }
+  }
 
   class NotifyClient {
-    constructor(url, { ids = [], onMessage = () => {}, onState = () => {}, minDelay = 500, maxDelay = 30000 } = {}) {
+    constructor(
+      url,
+      {
+        ids = [],
+        onMessage = () => {},
+        onGap = () => {},
+        onRefused = () => {},
+        onState = () => {},
+        minDelay = 500,
+        maxDelay = 30000,
+        restartDelay = 1000,
+        slowDelay = 3000,
+      } = {},
+    ) {
       const parsed = new URL(url); // throws a TypeError on an invalid address
       if (parsed.protocol !== "ws:" && parsed.protocol !== "wss:") {
         throw new TypeError(`not a WebSocket address (ws:// or wss://): ${url}`);
       }
       this.url = parsed.href;
       this.ids = new Set(ids);
+      this.positions = new Map(); // id -> the last position seen (a string); read from sessionStorage once
       this.onMessage = onMessage;
+      this.onGap = onGap;
+      this.onRefused = onRefused;
       this.onState = onState;
       this.minDelay = minDelay;
       this.maxDelay = maxDelay;
-      this.attempt = 0;
+      this.restartDelay = restartDelay;
+      this.slowDelay = slowDelay;
+      this.attempt = 0; // reconnects since the last connection that lived a while
+      this.slowAttempt = 0; // of which after 4008 or 4013
       this.closed = false;
       this.timer = null;
+      this.waitingForNetwork = false; // the pending retry may be cut short by the "online" event
       // Back online (Wi-Fi again, out of sleep): no need to wait out the backoff.
       this.onOnline = () => {
-        if (this.timer === null) return;
+        if (this.timer === null || !this.waitingForNetwork) return;
         clearTimeout(this.timer);
         this.timer = null;
         this.open("reconnecting");
@@ -56,27 +109,37 @@
     open(state) {
       this.setState(state);
       const socket = new WebSocket(this.url);
+      const asked = new Set(); // the ids registered (v2) on this socket
       let first = true;
+      let v2 = false; // the server answered a v2 registration on this socket: its frames are JSON
       let openedAt = 0;
       this.socket = socket;
+      this.asked = asked;
       socket.onopen = () => {
         openedAt = Date.now();
-        this.ids.forEach((id) => this.registerOn(socket, id));
+        this.ids.forEach((id) => this.registerOn(socket, id, asked));
         this.setState("connected");
       };
       socket.onmessage = (event) => {
+        if (this.socket !== socket || this.closed) return;
         const greeting = first && event.data === GREETING;
         first = false;
-        if (!greeting) this.onMessage(event.data);
+        if (greeting) return;
+        const frame = parse(event.data);
+        if (!v2 && isReply(frame, asked)) v2 = true;
+        // From a v1-only server every frame is a notification's raw text, even one that looks like JSON.
+        this.handle(v2 ? frame : null, event.data);
       };
-      socket.onclose = () => {
+      socket.onclose = (event) => {
         if (this.socket !== socket || this.closed) return;
         // A connection that lived a while starts the backoff afresh; one refused at once keeps backing off.
-        if (openedAt && Date.now() - openedAt > 5000) this.attempt = 0;
-        const ceiling = Math.min(this.maxDelay, this.minDelay * 2 ** this.attempt);
-        const delay = ceiling / 2 + (Math.random() * ceiling) / 2;
-        this.attempt += 1;
-        this.setState("reconnecting", { attempt: this.attempt, delay });
+        if (openedAt && Date.now() - openedAt > 5000) {
+          this.attempt = 0;
+          this.slowAttempt = 0;
+        }
+        const delay = this.delayAfter(event.code);
+        this.waitingForNetwork = event.code !== RESTARTING && !SLOW_DOWN.has(event.code);
+        this.setState("reconnecting", { attempt: this.attempt, delay, code: event.code });
         this.timer = setTimeout(() => {
           this.timer = null;
           this.open("reconnecting");
@@ -84,19 +147,98 @@
       };
     }
 
+    // The ms to wait before reconnecting after a close with `code`.
+    delayAfter(code) {
+      const jitter = (ceiling) => ceiling / 2 + (Math.random() * ceiling) / 2;
+      if (code === RESTARTING) return Math.random() * this.restartDelay;
+      if (SLOW_DOWN.has(code)) {
+        // slowDelay to twice it, then doubling; the ceiling at least maxDelay/2 ... maxDelay.
+        const base = Math.min(Math.max(this.maxDelay / 2, this.slowDelay), this.slowDelay * 2 ** this.slowAttempt);
+        this.slowAttempt += 1;
+        this.attempt += 1;
+        return 2 * jitter(base);
+      }
+      const ceiling = Math.min(this.maxDelay, this.minDelay * 2 ** this.attempt);
+      this.attempt += 1;
+      return jitter(ceiling);
+    }
+
+    // A frame: `frame` is the parsed JSON object of a v2 server's frame, or null (raw text: a v1 server).
+    handle(frame, text) {
+      if (frame === null || typeof frame.type !== "string") {
+        this.onMessage(text, { id: null, position: null, replayed: false });
+        return;
+      }
+      const id = typeof frame.recipient_uuid === "string" ? frame.recipient_uuid : null;
+      const position = typeof frame.position === "string" ? frame.position : null;
+      switch (frame.type) {
+        case "registered":
+          if (id === null) return;
+          // recovered true: what follows (replayed) brings the position up to date; else start from the newest.
+          if (frame.recovered !== true) this.remember(id, position);
+          if (frame.recovered === false) this.onGap(id);
+          return;
+        case "message":
+          if (typeof frame.message !== "string") break;
+          if (id !== null && position !== null && this.ids.has(id)) this.remember(id, position);
+          this.onMessage(frame.message, { id, position, replayed: frame.replayed === true });
+          return;
+        case "refused":
+          if (id !== null) this.onRefused(id, frame.code);
+          return;
+        case "sent": // the reply to a v2 send; this client sends v1 frames
+          return;
+      }
+      this.onMessage(text, { id: null, position: null, replayed: false });
+    }
+
+    // The last position of `id`: in memory, else from sessionStorage (a reload), else null.
+    positionOf(id) {
+      if (!this.positions.has(id)) {
+        let stored = null;
+        try {
+          stored = sessionStore()?.getItem(this.storageKey(id)) ?? null;
+        } catch (error) {
+          // unavailable: memory only
+        }
+        this.positions.set(id, stored);
+      }
+      return this.positions.get(id);
+    }
+
+    remember(id, position) {
+      this.positions.set(id, position);
+      try {
+        const store = sessionStore();
+        if (store === null) return;
+        if (position === null) store.removeItem(this.storageKey(id));
+        else store.setItem(this.storageKey(id), position);
+      } catch (error) {
+        // full or unavailable: memory only
+      }
+    }
+
+    storageKey(id) {
+      return STORAGE_PREFIX + JSON.stringify([this.url, id]);
+    }
+
     setState(state, detail = {}) {
       this.state = state;
       this.onState(state, detail);
     }
 
-    registerOn(socket, id) {
-      socket.send(JSON.stringify({ recipient_uuid: id, message: REGISTER }));
+    registerOn(socket, id, asked) {
+      const frame = { recipient_uuid: id, message: REGISTER, v: 2 };
+      const since = this.positionOf(id);
+      if (since !== null) frame.since = since;
+      asked.add(id);
+      socket.send(JSON.stringify(frame));
     }
 
     register(id) {
       if (this.ids.has(id)) return;
       this.ids.add(id);
-      if (this.state === "connected") this.registerOn(this.socket, id);
+      if (this.state === "connected") this.registerOn(this.socket, id, this.asked);
     }
 
     send(recipient, message) {
@@ -115,6 +257,24 @@
       if (this.socket) this.socket.close();
       this.setState("closed");
     }
+  }
+
+  // A frame's JSON object, or null (not JSON, not an object).
+  function parse(data) {
+    if (typeof data !== "string" || data[0] !== "{") return null;
+    try {
+      const value = JSON.parse(data);
+      return value !== null && typeof value === "object" && !Array.isArray(value) ? value : null;
+    } catch (error) {
+      return null;
+    }
+  }
+
+  // Whether a frame is a v2 server's answer to a registration this socket made (a v1 server never sends one).
+  function isReply(frame, asked) {
+    return (
+      frame !== null && (frame.type === "registered" || frame.type === "refused") && asked.has(frame.recipient_uuid)
+    );
   }
 
   global.NotifyClient = NotifyClient;
