@@ -111,7 +111,7 @@
       const socket = new WebSocket(this.url);
       const asked = new Set(); // the ids registered (v2) on this socket
       let first = true;
-      let v2 = false; // the server answered a v2 registration on this socket: its frames are JSON
+      let speaks = null; // the protocol version the server speaks on this socket (2: it answered a registration)
       let openedAt = 0;
       this.socket = socket;
       this.asked = asked;
@@ -126,9 +126,14 @@
         first = false;
         if (greeting) return;
         const frame = parse(event.data);
-        if (!v2 && isReply(frame, asked)) v2 = true;
-        // From a v1-only server every frame is a notification's raw text, even one that looks like JSON.
-        this.handle(v2 ? frame : null, event.data);
+        // A v2 server's first frame to a connection that registered is a reply to a registration, or a
+        // broadcast (the same for either server: its text). A v1-only server's is a notification: from
+        // then on every frame is a notification's raw text, even one that looks like a v2 frame.
+        if (speaks === null && asked.size > 0) {
+          if (isReply(frame, asked)) speaks = 2;
+          else if (!isBroadcast(frame)) speaks = 1;
+        }
+        this.handle(speaks === 2 || (speaks === null && isBroadcast(frame)) ? frame : null, event.data);
       };
       socket.onclose = (event) => {
         if (this.socket !== socket || this.closed) return;
@@ -274,6 +279,17 @@
   function isReply(frame, asked) {
     return (
       frame !== null && (frame.type === "registered" || frame.type === "refused") && asked.has(frame.recipient_uuid)
+    );
+  }
+
+  // Whether a frame is a v2 broadcast (to every registered connection, of no id).
+  function isBroadcast(frame) {
+    return (
+      frame !== null &&
+      frame.type === "message" &&
+      frame.recipient_uuid === null &&
+      frame.position === null &&
+      typeof frame.message === "string"
     );
   }
 
