@@ -157,7 +157,7 @@
       const jitter = (ceiling) => ceiling / 2 + (Math.random() * ceiling) / 2;
       if (code === RESTARTING) return Math.random() * this.restartDelay;
       if (SLOW_DOWN.has(code)) {
-        // slowDelay to twice it, then doubling; the ceiling at least maxDelay/2 ... maxDelay.
+        // Between slowDelay and twice it, doubling after each further 4008 or 4013, up to maxDelay/2 ... maxDelay.
         const base = Math.min(Math.max(this.maxDelay / 2, this.slowDelay), this.slowDelay * 2 ** this.slowAttempt);
         this.slowAttempt += 1;
         this.attempt += 1;
