@@ -186,7 +186,7 @@ async def started(client: ResumingClient, seconds: float = ARRIVAL) -> ResumingC
 
 CHAOS_IDS = 6
 CHAOS_SECONDS = 10.0
-SEND_EVERY = 0.01  # seconds between two notifications of the stream (about 17 per id per second)
+SEND_EVERY = 0.003  # seconds between two notifications of the stream (a few hundred per second in all)
 
 
 @dataclass
@@ -251,7 +251,7 @@ async def test_v2_clients_get_every_notification_once_in_order_through_cuts_and_
 
         async def cutting() -> None:
             while not stop.is_set():
-                await asyncio.sleep(rng.uniform(0.1, 0.4))  # pacing the cuts
+                await asyncio.sleep(rng.uniform(0.05, 0.2))  # pacing the cuts
                 await rng.choice(clients).cut(abort=rng.random() < 0.5)
 
         cutter = asyncio.create_task(cutting())
@@ -399,6 +399,35 @@ async def test_a_resume_after_what_was_missed_expired_is_not_recovered(
     await send_v2(sender, recipient, "live")
     live = await receive_json(page)  # nothing replayed: the missed one is gone, pending included
     assert (live["type"], live["message"], live.get("replayed")) == ("message", "live", None), live
+    assert not tracebacks(server), tracebacks(server)
+
+
+async def test_a_replay_larger_than_the_slow_reader_backlog_is_paced_not_cut(
+    daphne_factory: Callable[..., Daphne], redis_url: str, redis_prefix: str
+) -> None:
+    # At most 10 notifications wait for a client that does not read; the replay is 60 times that.
+    env = redis_env(redis_url, redis_prefix, NOTIFY_HISTORY_SIZE="1000", NOTIFY_MAX_QUEUED_MESSAGES="10")
+    server = daphne_factory(env)
+    recipient = "large-replay"
+    sender = await open_client(server.url)
+    page = await open_client(server.url)
+    since = (await register_v2(page, recipient))["position"]
+    await page.close()
+    missed = [f"missed {n} " + "x" * 20_000 for n in range(600)]  # 12 MB: more than the socket buffers hold
+    for text in missed:
+        await sender.send(json.dumps({"recipient_uuid": recipient, "message": text, "v": 2}))
+    replies = [await receive_json(sender) for _ in missed]
+    assert {r["outcome"] for r in replies} == {"pending"}, replies[:3]
+    page = await open_client(server.url)
+    reply = await register_v2(page, recipient, since)
+    assert reply["recovered"] is True, reply
+    await send_v2(sender, recipient, "live during the replay")
+    await asyncio.sleep(1.0)  # a client that reads late (not a synchronisation): the server must wait for it
+    frames = await frames_until(page, "live during the replay", seconds=60)
+    texts = [(f["message"], f.get("replayed")) for f in frames]
+    wrong = exactly_once_in_order([t for t, _ in texts], [*missed, "live during the replay"])
+    assert wrong is None, wrong
+    assert [r for _, r in texts] == [True] * len(missed) + [None]
     assert not tracebacks(server), tracebacks(server)
 
 
