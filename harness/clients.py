@@ -346,6 +346,9 @@ class ResumingClient:
             except Exception as exc:
                 self.problems.append(f"the client's loop failed: {type(exc).__name__}: {exc}")
 
+    def stopping(self) -> bool:
+        return self._stopping
+
     def _candidates(self) -> Sequence[str]:
         return self._urls() if callable(self._urls) else self._urls
 
@@ -363,7 +366,7 @@ class ResumingClient:
             if ws is None:
                 await asyncio.sleep(max(self.delay[1], 0.05))  # pacing the next attempt: nobody to await
                 continue
-            if self._stopping:
+            if self.stopping():  # stop() came while connecting
                 await ws.close()
                 break
             self.connections += 1

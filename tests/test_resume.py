@@ -212,7 +212,8 @@ class Stream:
     async def read_replies(self) -> None:
         while True:
             reply = await receive_json(self.ws, 60)
-            self.outcomes[reply.get("outcome")] = self.outcomes.get(reply.get("outcome"), 0) + 1
+            outcome = str(reply.get("outcome"))
+            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
             self.replies += 1
 
     @property
@@ -723,8 +724,8 @@ async def test_a_subscriber_dropped_by_redis_for_its_output_buffer_never_leaves_
     )
     assert not client.problems, client.problems
     for recipient in v2_ids:
-        wrong = unaccounted(client, recipient, sent[recipient])
-        assert not wrong, f"{recipient}: {wrong}; what it saw: {story(client, recipient)}"
+        holes = unaccounted(client, recipient, sent[recipient])
+        assert not holes, f"{recipient}: {holes}; what it saw: {story(client, recipient)}"
     if history > len(sent[v1_id]):
         # Everything is still in the history: every connection is caught up, nothing is reported missing.
         for recipient in v2_ids:
