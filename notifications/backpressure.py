@@ -38,6 +38,7 @@ class WriteWindow:
 
     def __init__(self) -> None:
         self.paused = False
+        self.stopped = False  # the connection is gone
         self.on_resume: Callable[[], None] | None = None
 
     def pauseProducing(self) -> None:  # noqa: N802 (Twisted's interface)
@@ -50,7 +51,10 @@ class WriteWindow:
 
     def stopProducing(self) -> None:  # noqa: N802
         self.paused = False
-        self.on_resume = None
+        self.stopped = True
+        on_resume, self.on_resume = self.on_resume, None
+        if on_resume is not None:
+            on_resume()  # whoever waits for room learns that there will be none
 
 
 def watch(send: Any) -> WriteWindow | None:
@@ -95,23 +99,24 @@ class Backlog:
         self._waiting: deque[str] = deque()
         self._dropped = 0  # since the client stopped reading
         self._drainer: asyncio.Future[None] | None = None
+        self._room: asyncio.Future[None] | None = None  # a paced sender waits for this
         if window is not None:
-            window.on_resume = self._drain_soon
+            window.on_resume = self._resumed
 
     def __len__(self) -> int:
         return len(self._waiting)
 
-    async def send(self, text: str, recipient: object = None) -> None:
-        """Send ``text`` now if the client reads and nothing waits before it; else hold or drop it."""
+    async def send(self, text: str, recipient: object = None) -> bool:
+        """Send ``text`` now if the client reads and nothing waits before it; else hold it, or drop it (False)."""
         window = self._window
         if window is None or not (window.paused or self._waiting):
             await self._send_text(text)
-            return
+            return True
         if len(self._waiting) < conf.MAX_QUEUED_MESSAGES:
             self._waiting.append(text)
             if not window.paused:
                 self._drain_soon()
-            return
+            return True
         self._dropped += 1
         metrics.counters[metrics.UNDELIVERABLE] += 1
         metrics.counters[metrics.NOT_READING] += 1
@@ -121,6 +126,24 @@ class Backlog:
             self._who,
             len(self._waiting),
         )
+        return False
+
+    async def send_paced(self, text: str) -> bool:
+        """Like :meth:`send`, but while ``MAX_QUEUED_MESSAGES`` wait, wait for the client to read instead of dropping.
+
+        For a replay, which may be larger than the bound: it is slowed, never
+        cut. False when the connection went away first (nothing more is sent).
+        """
+        window = self._window
+        while window is not None and len(self._waiting) >= conf.MAX_QUEUED_MESSAGES:
+            if window.stopped:
+                return False
+            if self._room is None or self._room.done():
+                self._room = asyncio.get_running_loop().create_future()
+            await self._room
+        if window is not None and window.stopped:
+            return False
+        return await self.send(text)
 
     def discard(self) -> int:
         """Forget what still waits (the client left); how many were waiting."""
@@ -128,13 +151,24 @@ class Backlog:
         self._waiting.clear()
         return count
 
+    def _resumed(self) -> None:
+        if self._window is not None and self._window.stopped:
+            self._make_room()  # gone: a paced sender stops waiting
+        else:
+            self._drain_soon()
+
+    def _make_room(self) -> None:
+        if self._room is not None and not self._room.done():
+            self._room.set_result(None)
+
     def _drain_soon(self) -> None:
         if self._waiting and (self._drainer is None or self._drainer.done()):
             self._drainer = asyncio.ensure_future(self._drain())
 
     async def _drain(self) -> None:
-        while self._waiting and self._window is not None and not self._window.paused:
+        while self._waiting and self._window is not None and not (self._window.paused or self._window.stopped):
             await self._send_text(self._waiting.popleft())
+            self._make_room()
         if not self._waiting and self._dropped:
             logger.warning("Client %s reads again; %d notifications were dropped meanwhile", self._who, self._dropped)
             self._dropped = 0

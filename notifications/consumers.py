@@ -1,10 +1,11 @@
-"""The WebSocket consumers: protocol v1 (PROTOCOL.md) over Channels groups, and the refusal of other paths."""
+"""The WebSocket consumers: the protocol (v1, v2 with resume) over Channels groups, and the refusal of other paths."""
 
 from __future__ import annotations
 
 import json
 import logging
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -13,15 +14,27 @@ from notifications import backpressure, metrics
 from notifications.conf import conf
 from notifications.dispatch import SerialDispatchMixin
 from notifications.exceptions import DeliveryFailed
-from notifications.protocol import GREETING, Register, Relay, broadcast_group, describe, group_name, parse_frame
+from notifications.layers import MAX_POSITION_LENGTH, KeptNotification, Replay, is_after, position_order
+from notifications.protocol import (
+    GREETING,
+    NO_SINCE,
+    Register,
+    Relay,
+    broadcast_group,
+    describe,
+    group_name,
+    parse_frame,
+)
 from notifications.registry import registry
-from notifications.sending.delivery import EVENT_TYPE, deliver, drain, keep_pending, take_pending
+from notifications.sending.delivery import EVENT_TYPE, deliver, drain, keep_pending, newest, resume
 
 logger = logging.getLogger(__name__)
 
 # 1013 (try again later) moved into the application range, the only one
 # daphne's WebSocket library lets an application send.
 CLOSE_TRY_AGAIN_LATER = 4013
+# The server lost continuity for this connection (or is restarting): reconnect and resume.
+CLOSE_CONTINUITY_LOST = 4012
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str:
@@ -32,20 +45,55 @@ def _header(scope: dict[str, Any], name: bytes) -> str:
     return ""
 
 
+@dataclass(slots=True, eq=False)
+class Registration:
+    """One id registered on a connection: how its notifications are framed, and how far it has them."""
+
+    group: str
+    v2: bool
+    # The newest position of the id this connection has: received, or where its registration began.
+    cursor: str | None = None
+    # v1: the positions just replayed, whose live copies may still be queued; forgotten
+    # once a newer live one arrives. (v2 skips anything not after ``cursor``.)
+    replayed: set[str] | None = None
+    replayed_last: str | None = None
+
+    def admit(self, position: str) -> bool:
+        """Whether a kept notification is new to this connection (not a copy of one it has); advances ``cursor``."""
+        if self.v2:
+            # In increasing order and none twice, as the protocol promises v2 clients.
+            if not is_after(position, self.cursor):
+                return False
+            self.cursor = position
+            return True
+        if self.replayed is not None:
+            if position in self.replayed:
+                return False
+            if is_after(position, self.replayed_last):
+                self.replayed = self.replayed_last = None
+        if is_after(position, self.cursor):
+            self.cursor = position
+        return True
+
+
 class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
     """Greets, registers ids as channel-layer groups, and relays notifications.
 
     Registering the id ``X`` joins the group :func:`~notifications.protocol.group_name`
     of ``X``; a notification for ``X`` is a ``group_send`` to that group, so
-    sender and recipient may sit in different processes or hosts.
+    sender and recipient may sit in different processes or hosts. A
+    registration reads the id's newest position, joins, then receives what the
+    layer kept since (:meth:`_register`); live copies of what it replayed are
+    skipped by position (:meth:`Registration.admit`).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.temp_id = uuid.uuid4().hex
-        self.recipients: dict[str, str] = {}  # id -> group name, in registration order
+        self.registrations: dict[str, Registration] = {}  # by id, in registration order
         self.in_broadcast = False  # joined the broadcast group (with the first registration)
         self.backlog: backpressure.Backlog | None = None
+        self.closing = False  # a close was asked for: nothing more is sent
 
     async def connect(self) -> None:
         await self.accept()
@@ -73,7 +121,8 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
             await self.channel_layer.group_discard(group, self.channel_name)
         # Out of every group: what reached this connection's queue meanwhile would be lost with it.
         for event in drain(self.channel_name):
-            await self._not_sent(event)
+            if event.get("type") == EVENT_TYPE:
+                await self._not_sent(event)
         unsent = self.backlog.discard() if self.backlog is not None else 0
         if unsent:  # the client left before it read them
             metrics.counters[metrics.UNDELIVERABLE] += unsent
@@ -83,10 +132,10 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
             "Client %s disconnected (code %s, %d ids). Connections total: %d",
             self.temp_id,
             code,
-            len(self.recipients),
+            len(self.registrations),
             metrics.counters[metrics.CONNECTIONS_OPEN],
         )
-        self.recipients.clear()
+        self.registrations.clear()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         registry.active(self.temp_id)
@@ -109,34 +158,47 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
                     "Client %s relayed %d characters to %s", self.temp_id, len(action.text), describe(action.recipient)
                 )
         elif isinstance(action, Register):
-            await self._register(action.recipient)
+            await self._register(action)
         else:
             self._reject(action.reason)
 
-    async def _register(self, recipient: str) -> None:
-        if recipient in self.recipients:
+    async def _register(self, action: Register) -> None:
+        recipient = action.recipient
+        existing = self.registrations.get(recipient)
+        if existing is not None:
+            # Registered already and receiving live: nothing to replay. A v2 frame is answered,
+            # and the id's notifications are framed as v2 from now on.
+            if action.v2:
+                existing.v2 = True
+                await self._reply(
+                    {"type": "registered", "recipient_uuid": recipient, "position": existing.cursor, "recovered": None}
+                )
             return
         limit = conf.MAX_IDS_PER_CONNECTION
-        if len(self.recipients) >= limit:
+        if len(self.registrations) >= limit:
             self._reject(f"already {limit} ids registered; refused {describe(recipient)}")
+            if action.v2:
+                await self._refused(recipient, "limit", f"this connection has registered {limit} ids, the most allowed")
             return
-        group = group_name(recipient)
+        since = self._since(action)
         # Noted before joining: a layer may record the membership and then fail
         # (channels-redis subscribes after it notes the member), and disconnect()
         # must leave every group this connection may be in.
-        self.recipients[recipient] = group
+        registration = self.registrations[recipient] = Registration(group_name(recipient), action.v2)
         try:
+            # Where this registration begins, read before joining: whatever is sent from
+            # then on either reaches it live or is in what it takes after joining.
+            start = await newest(recipient)
             if not self.in_broadcast:
                 # The first registration also joins the broadcast group: a
                 # broadcast reaches every registered connection once, whatever its ids.
                 self.in_broadcast = True
                 await self.channel_layer.group_add(broadcast_group(), self.channel_name)
-            await self.channel_layer.group_add(group, self.channel_name)
+            await self.channel_layer.group_add(registration.group, self.channel_name)
         except Exception as exc:
-            # The channel layer is unreachable (Redis down). The protocol has no
-            # way to say so, and a connection that looks registered but receives
-            # nothing is the worst outcome: close it, so that a client that
-            # reconnects can try again, with one line in the log.
+            # The channel layer is unreachable (Redis down). A connection that looks
+            # registered but receives nothing is the worst outcome: close it, so that a
+            # client that reconnects can try again, with one line in the log.
             logger.warning(
                 "Client %s could not register as %s: %s: %s; closing it (%d)",
                 self.temp_id,
@@ -145,31 +207,123 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
                 exc,
                 CLOSE_TRY_AGAIN_LATER,
             )
-            await self.close(code=CLOSE_TRY_AGAIN_LATER, reason="channel layer unavailable")
+            if action.v2:
+                await self._refused(recipient, "unavailable", "the channel layer is unreachable; try again later")
+            await self._close(CLOSE_TRY_AGAIN_LATER, "channel layer unavailable")
             return
+        registration.cursor = start
         registry.registered(self.temp_id, recipient)
         logger.info("Client %s registered as %s", self.temp_id, describe(recipient))
-        # Joined (the layer confirmed it): whatever was sent from now on reaches
-        # this connection live, and whatever nobody received before is pending.
         try:
-            pending = await take_pending(recipient)
+            replay = await resume(recipient, since, start)
         except Exception as exc:
-            # Taking is one atomic step in the layer: what could not be taken stays pending.
+            # Resuming is one atomic step in the layer: what could not be taken stays pending.
             logger.warning(
-                "Client %s registered as %s, but its pending notifications could not be taken: %s: %s",
+                "Client %s registered as %s, but its kept notifications could not be read: %s: %s",
                 self.temp_id,
                 describe(recipient),
                 type(exc).__name__,
                 exc,
             )
-            return
-        if pending:  # None: a layer that keeps nothing
-            metrics.counters[metrics.PENDING_DELIVERED] += len(pending)
-            logger.info(
-                "Client %s receives %d pending notifications of %s", self.temp_id, len(pending), describe(recipient)
+            replay = None
+        if action.v2:
+            recovered = replay is not None and replay.recovered
+            await self._reply(
+                {
+                    "type": "registered",
+                    "recipient_uuid": recipient,
+                    # Recovered: the client's place is ``since``, and all after it follows.
+                    # Otherwise it starts where the registration began.
+                    "position": replay.newest if replay is not None and recovered else start,
+                    "recovered": None if action.since is NO_SINCE else recovered,
+                }
             )
-            for kept in pending:
-                await self.backlog_send(kept.text, recipient)
+            if recovered:
+                registration.cursor = since
+        if replay is not None and replay.notifications:
+            await self._replay(recipient, registration, replay.notifications)
+
+    def _since(self, action: Register) -> str | None:
+        """The registration's ``since`` if it can be a position; None (and a log line) otherwise."""
+        since = action.since
+        if since is NO_SINCE:
+            return None
+        if isinstance(since, str) and len(since) <= MAX_POSITION_LENGTH and position_order(since) is not None:
+            return since
+        shown = describe(since) if isinstance(since, str) else type(since).__name__
+        logger.info("Client %s resumes %s from %s: no position", self.temp_id, describe(action.recipient), shown)
+        return None
+
+    async def _replay(self, recipient: str, registration: Registration, kept: list[KeptNotification]) -> None:
+        """Send what was sent before (history, pending), oldest first; paced by the client's reading, never cut.
+
+        The layer chose these: after the client's ``since``, or (not recovered) after where
+        the registration began, with every pending one, some of which may be older.
+        """
+        metrics.counters[metrics.REPLAYED] += len(kept)
+        logger.info("Client %s receives %d kept notifications of %s", self.temp_id, len(kept), describe(recipient))
+        if not registration.v2:
+            registration.replayed = {k.position for k in kept}
+            registration.replayed_last = kept[-1].position
+        for notification in kept:
+            if is_after(notification.position, registration.cursor):
+                registration.cursor = notification.position
+            if registration.v2:
+                text = _message_frame(recipient, notification.text, notification.position, replayed=True)
+            else:
+                text = notification.text
+            if self.closing or self.backlog is None or not await self.backlog.send_paced(text):
+                return  # the client left: the rest is kept in the history for its resume
+
+    async def notify_gap(self, event: dict[str, Any]) -> None:
+        """The layer lost what was sent to some of this connection's groups for a while: catch up, or say so.
+
+        From the history where everything since each registration's cursor is
+        still kept; otherwise a v2 connection is closed with 4012 (it resumes and
+        learns ``recovered: false``), and for v1 the possible loss is counted and logged.
+        """
+        groups = set(event.get("groups", ()))
+        for recipient, registration in list(self.registrations.items()):
+            if registration.group in groups and not self.closing:
+                await self._catch_up(recipient, registration)
+
+    async def _catch_up(self, recipient: str, registration: Registration) -> None:
+        try:
+            # Pending ones are left to the layer's own hand-over: some may be another registrant's.
+            replay: Replay | None = await resume(recipient, registration.cursor, None, take=False)
+        except Exception as exc:
+            logger.warning(
+                "Client %s could not catch up %s: %s: %s", self.temp_id, describe(recipient), type(exc).__name__, exc
+            )
+            replay = None
+        if replay is not None and replay.recovered:
+            metrics.counters[metrics.CAUGHT_UP] += len(replay.notifications)
+            logger.info(
+                "Client %s caught up %d notifications of %s after the channel layer's gap",
+                self.temp_id,
+                len(replay.notifications),
+                describe(recipient),
+            )
+            if replay.notifications:
+                await self._replay(recipient, registration, replay.notifications)
+            return
+        metrics.counters[metrics.CONTINUITY_LOST] += 1
+        if registration.v2:
+            logger.warning(
+                "Client %s lost continuity for %s (not all kept): closing it (%d) so that it resumes",
+                self.temp_id,
+                describe(recipient),
+                CLOSE_CONTINUITY_LOST,
+            )
+            await self._close(CLOSE_CONTINUITY_LOST, "continuity lost; resume")
+            return
+        missed = len(replay.notifications) if replay is not None else None
+        logger.warning(
+            "Client %s (protocol v1) may have missed %s notifications of %s while the channel layer was away",
+            self.temp_id,
+            missed if missed is not None else "an unknown number of",
+            describe(recipient),
+        )
 
     async def undispatched(self, messages: list[dict[str, Any]]) -> None:
         for message in messages:
@@ -199,26 +353,64 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
 
     async def notify_message(self, event: dict[str, Any]) -> None:
         """A notification from the channel layer (:data:`notifications.sending.delivery.EVENT_TYPE`)."""
-        await self.backlog_send(event["text"], event.get("recipient"))
+        recipient: str | None = event.get("recipient")
+        registration = self.registrations.get(recipient) if recipient is not None else None
+        if recipient is None or registration is None:  # a broadcast, or to this connection alone
+            await self.backlog_send(self._untargeted(event["text"]), recipient)
+            return
+        position = event.get("position")
+        if position is not None and not registration.admit(position):
+            return  # a copy of one this connection has (replayed, or handed over twice)
+        if registration.v2:
+            await self.backlog_send(_message_frame(recipient, event["text"], position), recipient)
+            return
+        await self.backlog_send(event["text"], recipient)
+
+    def _untargeted(self, text: str) -> str:
+        """A notification to no id of this connection's: raw text, unless every registration is v2."""
+        registrations = self.registrations.values()
+        if registrations and all(r.v2 for r in registrations):
+            return json.dumps(
+                {"type": "message", "recipient_uuid": None, "message": text, "position": None}, ensure_ascii=False
+            )
+        return text
 
     async def backlog_send(self, text: str, recipient: object) -> None:
+        if self.closing:
+            return
         if self.backlog is None:  # not accepted yet
             await self._send_text(text)
-        else:
-            await self.backlog.send(text, recipient)
+            return
+        if not await self.backlog.send(text, recipient):
+            registration = self.registrations.get(recipient) if isinstance(recipient, str) else None
+            if registration is not None and registration.v2:
+                # Dropped for a client that does not read: a v2 client must not go on with
+                # a hidden gap. Closed, it resumes from the history when it reads again.
+                await self._close(CLOSE_CONTINUITY_LOST, "too many notifications waiting; resume")
 
     async def _sent(self, recipient: str, outcome: str | None, code: str | None = None) -> None:
         """The v2 reply to a send frame: what became of the notification."""
-        reply = {"type": "sent", "recipient_uuid": recipient, "outcome": outcome, "code": code}
-        # Through the backlog: a sender that never reads must not grow the server's buffers.
-        await self.backlog_send(json.dumps(reply, ensure_ascii=False), None)
+        await self._reply({"type": "sent", "recipient_uuid": recipient, "outcome": outcome, "code": code})
+
+    async def _refused(self, recipient: str, code: str, reason: str) -> None:
+        """The v2 reply to a registration that registered nothing."""
+        await self._reply({"type": "refused", "recipient_uuid": recipient, "code": code, "reason": reason})
+
+    async def _reply(self, frame: dict[str, Any]) -> None:
+        # Through the backlog: a client that never reads must not grow the server's buffers.
+        await self.backlog_send(json.dumps(frame, ensure_ascii=False), None)
+
+    async def _close(self, code: int, reason: str) -> None:
+        if not self.closing:
+            self.closing = True
+            await self.close(code=code, reason=reason)
 
     async def _send_text(self, text: str) -> None:
         await self.send(text_data=text)
 
     def _groups(self) -> list[str]:
         """The groups this connection joined: its ids', and the broadcast group once it registered one."""
-        groups = list(self.recipients.values())
+        groups = [registration.group for registration in self.registrations.values()]
         if self.in_broadcast:
             groups.append(broadcast_group())
         return groups
@@ -226,6 +418,14 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
     def _reject(self, reason: str) -> None:
         metrics.counters[metrics.REJECTED_FRAMES] += 1
         logger.warning("Client %s sent a frame that was ignored: %s", self.temp_id, reason)
+
+
+def _message_frame(recipient: str, text: str, position: str | None, *, replayed: bool = False) -> str:
+    """A notification to a v2 registration: the exact text a v1 client would get, with its position."""
+    frame: dict[str, Any] = {"type": "message", "recipient_uuid": recipient, "message": text, "position": position}
+    if replayed:
+        frame["replayed"] = True
+    return json.dumps(frame, ensure_ascii=False)
 
 
 class UnknownPath(AsyncWebsocketConsumer):

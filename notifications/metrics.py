@@ -17,7 +17,9 @@ LAYER_FULL = "layer_full"  # ... of which: a connection's channel-layer queue wa
 NOT_READING = "not_reading"  # ... of which: its client had stopped reading, NOTIFICATIONS_MAX_QUEUED_MESSAGES waited
 REJECTED_FRAMES = "rejected_frames"
 PENDING = "pending"  # notifications that no registration received, kept for the id's next one
-PENDING_DELIVERED = "pending_delivered"  # pending notifications handed to a registration that took them
+REPLAYED = "replayed"  # kept notifications (pending, or from the history on resume) sent to a registration
+CAUGHT_UP = "caught_up"  # ... of which: sent after the channel layer lost them for a while (a Redis reconnect)
+CONTINUITY_LOST = "continuity_lost"  # registrations that could not be caught up after such a gap
 
 
 def snapshot() -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""The v1 wire protocol: what a client's text frame asks for, and recipient group names.
+"""The wire protocol (v1, and v2's opt-in frames): what a client's text frame asks for, and recipient group names.
 
 Pure functions, no I/O: the consumer, the sending API and the ``notify``
 command all validate through here, so every entry point accepts and refuses
@@ -18,9 +18,15 @@ GREETING = "..:: Hello from the Notification Center ::.."
 REGISTER_MESSAGE = "connected"
 
 
+# A v2 registration frame without "since" (its value may be anything, JSON null included).
+NO_SINCE: object = object()
+
+
 @dataclass(frozen=True, slots=True)
 class Register:
     recipient: str
+    v2: bool = False  # the frame said "v": 2: a "registered" reply, JSON notification frames
+    since: object = NO_SINCE  # v2 only: the client's "since", unchecked (see notifications.layers.position_order)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +102,8 @@ def parse_frame(text: str) -> Action:
         return Ignored("no message")
     message = data["message"]
     if message == REGISTER_MESSAGE:
+        if is_v2(data):
+            return Register(recipient, v2=True, since=data.get("since", NO_SINCE))
         return Register(recipient)
     try:
         return Relay(recipient, message_text(message), is_v2(data))

@@ -19,6 +19,7 @@ Why these and not the library defaults:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -29,6 +30,10 @@ from notifications.protocol import describe
 logger = logging.getLogger(__name__)
 
 DEFAULT_CAPACITY = 1000
+
+# The event a layer queues for a consumer when what was sent to some of its groups
+# may not have reached it (``{"type": GAP_EVENT_TYPE, "groups": [...]}``): it catches up.
+GAP_EVENT_TYPE = "notify.gap"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +60,51 @@ class KeptNotification:
     text: str
 
 
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """What a registration receives from an id's kept notifications (:meth:`KeepingLayer.resume`)."""
+
+    recovered: bool  # ``since`` was given and every notification after it is in ``notifications``
+    newest: str | None  # the newest position the id has had, even if no longer kept; None: none known
+    notifications: list[KeptNotification]  # oldest first, none twice
+
+
+# How long an id's newest position and what its history lost are remembered after its
+# last notification (seconds): a client idle for that long with nothing sent meanwhile
+# still resumes with ``recovered: true``. A few bytes per id.
+META_TTL = 24 * 3600.0
+
+# The longest ``since`` a client may send; anything longer is not a position.
+MAX_POSITION_LENGTH = 200
+
+
+def position_order(position: object) -> tuple[str, int, int] | None:
+    """``(epoch, major, minor)`` of a position made by the app's layers (``<epoch>:<major>[-<minor>]``), else None.
+
+    Positions of one epoch sort by ``(major, minor)``; positions of different
+    epochs do not compare at all (the history they belong to is gone).
+    """
+    if not isinstance(position, str) or len(position) > MAX_POSITION_LENGTH:
+        return None
+    epoch, colon, rest = position.partition(":")
+    major, dash, minor = rest.partition("-")
+    if not (colon and epoch and major.isascii() and major.isdigit()):
+        return None
+    if dash and not (minor.isascii() and minor.isdigit()):
+        return None
+    return epoch, int(major), int(minor or 0)
+
+
+def is_after(position: str, other: str | None) -> bool:
+    """Whether ``position`` comes after ``other`` in its id's history (True after None, or in another epoch)."""
+    if other is None:
+        return True
+    mine, theirs = position_order(position), position_order(other)
+    if mine is None or theirs is None or mine[0] != theirs[0]:
+        return True
+    return mine[1:] > theirs[1:]
+
+
 class KeepingLayer(Protocol):
     """The app's layers keep notifications: they decide "live" or "pending" as they deliver."""
 
@@ -72,6 +122,52 @@ class KeepingLayer(Protocol):
 
     async def keep_pending(self, group: str, message: dict[str, Any]) -> bool:
         """A kept ``message`` whose connection left before it was sent: pending again (True), or not kept."""
+
+    async def newest(self, group: str) -> str | None:
+        """The newest position the group's id has had; read before a registration joins.
+
+        For an id with nothing remembered, a position that marks its beginning
+        (and is remembered from then on). None: the layer keeps nothing.
+        """
+
+    async def resume(self, group: str, since: str | None, start: str | None, *, take: bool = True) -> Replay:
+        """What a registration that joined ``group`` receives, taking the group's pending notifications (``take``).
+
+        If every notification after ``since`` is still kept (same epoch, nothing
+        after it dropped, not newer than the newest), those, ``recovered``.
+        Otherwise every kept one after ``start`` (the group's newest position read
+        before joining; None: all kept) and every pending one, not ``recovered``.
+        """
+
+
+class Gaps:
+    """Which groups' notifications may have missed which channels, until each channel's consumer reads it.
+
+    A layer marks a gap when it loses notifications for a channel (its Redis
+    subscription broke, or its queue was full for a kept one); the channel's
+    next ``receive()`` returns ``{"type": GAP_EVENT_TYPE, "groups": [...]}``
+    before anything still queued, and the consumer catches up from the history.
+    """
+
+    def __init__(self) -> None:
+        self._by_channel: dict[str, set[str]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._by_channel)
+
+    def mark(self, channel: str, group: str, queue: asyncio.Queue[Any] | None, wake: Any) -> None:
+        """Note the gap; ``wake`` goes into an empty ``queue`` so that a consumer waiting on it reads the gap now."""
+        self._by_channel.setdefault(channel, set()).add(group)
+        if queue is not None and queue.empty():
+            queue.put_nowait(wake)
+
+    def take(self, channel: str) -> dict[str, Any] | None:
+        """The gap event for ``channel``, once; None if it has none."""
+        groups = self._by_channel.pop(channel, None)
+        return {"type": GAP_EVENT_TYPE, "groups": sorted(groups)} if groups else None
+
+    def forget(self, channel: str) -> None:
+        self._by_channel.pop(channel, None)
 
 
 def count_undeliverable(event: Any, where: str) -> None:

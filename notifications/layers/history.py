@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from notifications.layers import KeptNotification
+from notifications.layers import META_TTL, KeptNotification, Replay, is_after, position_order
 
 
 @dataclass(slots=True, eq=False)
@@ -35,6 +35,9 @@ class _Entry:
 
 @dataclass(slots=True)
 class _Id:
+    # Nothing after ``floor`` was dropped: the newest dropped position, or (for a history that
+    # began while nothing of the id was remembered) its first entry's.
+    floor: str
     entries: deque[_Entry] = field(default_factory=deque)
     pending: deque[_Entry] = field(default_factory=deque)
 
@@ -47,6 +50,10 @@ class MemoryHistory:
         self._ids: dict[str, _Id] = {}
         self._order: deque[_Entry] = deque()  # every entry in the order sent; dropped ones linger until compacted
         self._kept = 0
+        # Ids whose every entry was dropped: their newest position and until when it is remembered,
+        # oldest first, at most ``max_entries`` of them.
+        self._gone: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._max_gone = 100_000
 
     def __len__(self) -> int:
         """How many notifications are kept, of all ids."""
@@ -60,12 +67,14 @@ class MemoryHistory:
     def add(self, group: str, text: str, *, size: int, ttl: float, max_entries: int) -> _Entry:
         """Keep a notification for ``group``; its entry tells its position."""
         now = self._clock()
+        self._max_gone = max_entries
         self._expire(now)
         self._sequence += 1
         entry = _Entry(group, f"{self.epoch}:{self._sequence}", text, now + ttl)
         kept = self._ids.get(group)
         if kept is None:
-            kept = self._ids[group] = _Id()
+            gone = self._gone.pop(group, None)
+            kept = self._ids[group] = _Id(floor=gone[0] if gone is not None and gone[1] > now else entry.position)
         kept.entries.append(entry)
         self._order.append(entry)
         self._kept += 1
@@ -102,6 +111,58 @@ class MemoryHistory:
         kept.pending.clear()
         return taken
 
+    def newest(self, group: str) -> str:
+        """The newest position ``group`` has had; with nothing remembered, its beginning (remembered from now)."""
+        now = self._clock()
+        self._expire(now)
+        kept = self._ids.get(group)
+        if kept is not None:
+            return kept.entries[-1].position
+        gone = self._gone.pop(group, None)
+        position = gone[0] if gone is not None and gone[1] > now else f"{self.epoch}:0"
+        self._gone[group] = (position, now + META_TTL)
+        while len(self._gone) > self._max_gone:
+            self._gone.popitem(last=False)
+        return position
+
+    def resume(self, group: str, since: str | None, start: str | None, *, take: bool = True) -> Replay:
+        """See :meth:`notifications.layers.KeepingLayer.resume`."""
+        now = self._clock()
+        self._expire(now)
+        kept = self._ids.get(group)
+        gone = self._gone.get(group)
+        if kept is not None:
+            newest: str | None = kept.entries[-1].position
+        else:
+            newest = gone[0] if gone is not None and gone[1] > now else None
+        floor = kept.floor if kept is not None else newest
+        order = position_order(since)
+        recovered = (
+            since is not None
+            and order is not None
+            and order[0] == self.epoch
+            and newest is not None
+            and floor is not None
+            and not is_after(since, newest)
+            and not is_after(floor, since)
+        )
+        if kept is None:
+            return Replay(recovered, newest, [])
+        after = since if recovered else start
+        if after is not None and (position_order(after) or ("",))[0] != self.epoch:
+            after = None  # a start of another epoch: everything kept is newer
+        replay = [e for e in kept.entries if after is None or is_after(e.position, after)]
+        chosen = {id(e) for e in replay}
+        if not recovered:
+            # Every pending one too, also those sent before ``start``; with ``since``, those are the client's.
+            replay.extend(e for e in kept.pending if id(e) not in chosen)
+            replay.sort(key=lambda e: position_order(e.position) or ("", 0, 0))
+        if take:
+            for entry in kept.pending:
+                entry.pending = False
+            kept.pending.clear()
+        return Replay(recovered, newest, [KeptNotification(e.position, e.text) for e in replay])
+
     def _expire(self, now: float) -> None:
         order = self._order
         while order and (not order[0].kept or order[0].expires_at <= now):
@@ -128,5 +189,9 @@ class MemoryHistory:
         entry.kept = False
         entry.text = ""  # it may linger in the order until compacted: its text must not
         self._kept -= 1
+        kept.floor = entry.position
         if not kept.entries:
             del self._ids[entry.group]
+            self._gone[entry.group] = (entry.position, self._clock() + META_TTL)
+            while len(self._gone) > self._max_gone:
+                self._gone.popitem(last=False)

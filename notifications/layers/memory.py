@@ -16,9 +16,13 @@ from typing import Any
 from channels.exceptions import ChannelFull
 from channels.layers import InMemoryChannelLayer
 
+from notifications import metrics
 from notifications.conf import conf
-from notifications.layers import DEFAULT_CAPACITY, Kept, KeptNotification, count_undeliverable
+from notifications.layers import DEFAULT_CAPACITY, Gaps, Kept, KeptNotification, Replay, count_undeliverable
 from notifications.layers.history import MemoryHistory
+
+# Queued for a consumer that waits on an empty queue when a gap was marked for it (see Gaps).
+_GAP_MARK: dict[str, Any] = {"type": "notify.gap_mark"}
 
 # Ten years: "never" for a connection, while staying a valid timestamp offset.
 NEVER_EXPIRES = 10 * 365 * 24 * 3600
@@ -39,6 +43,7 @@ class InMemoryLayer(InMemoryChannelLayer):
         kwargs.setdefault("expiry", NEVER_EXPIRES)
         super().__init__(capacity=capacity, **kwargs)
         self.history = MemoryHistory()
+        self._gaps = Gaps()
 
     def _clean_expired(self) -> None:
         # Messages and memberships never expire here; the library's scan of
@@ -65,11 +70,18 @@ class InMemoryLayer(InMemoryChannelLayer):
         self.require_valid_channel_name(channel)
         queue = self._queue(channel)
         try:
-            _, message = await queue.get()
+            while True:
+                if self._gaps and (gap := self._gaps.take(channel)) is not None:
+                    return gap
+                _, message = await queue.get()
+                if message is not _GAP_MARK:
+                    return message  # type: ignore[no-any-return]
+        except (asyncio.CancelledError, TimeoutError, GeneratorExit):
+            self._gaps.forget(channel)  # the consumer ends
+            raise
         finally:
             if queue.empty() and self.channels.get(channel) is queue:
                 del self.channels[channel]
-        return message  # type: ignore[no-any-return]
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         """Queue ``message`` for every member of ``group``; a full member is counted, not skipped silently."""
@@ -82,10 +94,16 @@ class InMemoryLayer(InMemoryChannelLayer):
         if not members:
             return False
         for channel in list(members):
+            queue = self._queue(channel)
             try:
-                self._queue(channel).put_nowait((0, dict(message)))
+                queue.put_nowait((0, dict(message)))
             except asyncio.QueueFull:
-                count_undeliverable(message, f"channel {channel}")
+                if "position" in message:
+                    # Kept in the history: the consumer catches up from there once it has read its queue.
+                    metrics.counters[metrics.LAYER_FULL] += 1
+                    self._gaps.mark(channel, group, queue, (0, _GAP_MARK))
+                else:
+                    count_undeliverable(message, f"channel {channel}")
         return True
 
     async def send_kept(self, group: str, message: dict[str, Any]) -> Kept:
@@ -111,7 +129,9 @@ class InMemoryLayer(InMemoryChannelLayer):
         queue = self.channels.get(channel)
         left: list[dict[str, Any]] = []
         while queue is not None and not queue.empty():
-            left.append(queue.get_nowait()[1])
+            message = queue.get_nowait()[1]
+            if message is not _GAP_MARK:
+                left.append(message)
         return left
 
     async def keep_pending(self, group: str, message: dict[str, Any]) -> bool:
@@ -125,3 +145,11 @@ class InMemoryLayer(InMemoryChannelLayer):
 
     async def take_pending(self, group: str, *, peek: bool = False) -> list[KeptNotification]:
         return self.history.take_pending(group, peek=peek)
+
+    async def newest(self, group: str) -> str | None:
+        return self.history.newest(group) if conf.KEEPS else None
+
+    async def resume(self, group: str, since: str | None, start: str | None, *, take: bool = True) -> Replay:
+        if not conf.KEEPS:
+            return Replay(recovered=False, newest=None, notifications=[])
+        return self.history.resume(group, since, start, take=take)

@@ -62,8 +62,18 @@ from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer,
 from channels_redis.utils import _wrap_close
 from redis.exceptions import NoScriptError, ResponseError
 
+from notifications import metrics
 from notifications.conf import conf
-from notifications.layers import DEFAULT_CAPACITY, Kept, KeptNotification, count_undeliverable
+from notifications.layers import (
+    DEFAULT_CAPACITY,
+    META_TTL,
+    Gaps,
+    Kept,
+    KeptNotification,
+    Replay,
+    count_undeliverable,
+    position_order,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -109,24 +119,76 @@ LIBRARY_INTERNALS: dict[str, tuple[str, ...]] = {
 KEPT_MARKER = b"\x00"
 SUBSCRIBE_TIMEOUT = 10.0  # seconds Redis may take to confirm a subscription
 
+# Queued for a consumer that waits on an empty queue when a gap was marked for it (see Gaps).
+GAP_MARK = b"\x02"
+
 # A published message that says "pending notifications of this group are waiting":
 # a process with registrants of the group takes them and hands them over.
 PENDING_AVAILABLE = b"\x01"
 
-# KEYS: the group's channel, its history (a stream), its pending set (a sorted set), the epoch.
-# ARGV: the payload to publish, HISTORY_SIZE, HISTORY_TTL in ms, 1 if pending is on.
-# Returns {subscribers that received it, its position}.
-SEND_KEPT = """
-local epoch = redis.call('GET', KEYS[4])
-if not epoch then
-  local t = redis.call('TIME')
-  epoch = string.format('%x%05x', tonumber(t[1]), tonumber(t[2]))
-  redis.call('SET', KEYS[4], epoch)
+# Lua functions the scripts below share.
+# older(a, b): whether stream id a sorts before b.
+# trim(key, size, cutoff): drop the history's entries beyond the newest ``size`` and those sent
+# before ``cutoff`` (ms); the newest dropped id, or false. Oldest first, so that an entry still
+# kept means every later one is kept too: what a resume relies on.
+LUA_FUNCTIONS = """
+local function epoch_of(key)
+  local epoch = redis.call('GET', key)
+  if not epoch then
+    local t = redis.call('TIME')
+    epoch = string.format('%x%05x', tonumber(t[1]), tonumber(t[2]))
+    redis.call('SET', key, epoch)
+  end
+  return epoch
 end
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '*', 'p', ARGV[1])
+local function older(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  am, bm = tonumber(am), tonumber(bm)
+  if am ~= bm then return am < bm end
+  return tonumber(as) < tonumber(bs)
+end
+local function trim(key, size, cutoff)
+  local dropped = false
+  local excess = redis.call('XLEN', key) - size
+  if excess > 0 then
+    local gone = redis.call('XRANGE', key, '-', '+', 'COUNT', excess)
+    dropped = gone[#gone][1]
+    redis.call('XTRIM', key, 'MAXLEN', size)
+  end
+  local threshold = string.format('%d-0', cutoff)
+  local old = redis.call('XREVRANGE', key, '(' .. threshold, '-', 'COUNT', 1)
+  if old[1] then
+    dropped = old[1][1]
+    redis.call('XTRIM', key, 'MINID', threshold)
+  end
+  return dropped
+end
+"""
+
+# KEYS: the group's channel, its history (a stream), its pending set (a sorted set), the epoch, its meta
+# (a hash: "last", the newest stream id; "floor", nothing after it was dropped).
+# ARGV: the payload to publish, HISTORY_SIZE, HISTORY_TTL in ms, 1 if pending is on, META_TTL in ms.
+# Returns {subscribers that received it, its position}.
+SEND_KEPT = (
+    LUA_FUNCTIONS
+    + """
+local epoch = epoch_of(KEYS[4])
+local fresh = redis.call('EXISTS', KEYS[2]) == 0
+local id = redis.call('XADD', KEYS[2], '*', 'p', ARGV[1])
 local sent_at = tonumber(string.match(id, '^(%d+)'))
 -- Each entry expires HISTORY_TTL after it was sent, not when the key does.
-redis.call('XTRIM', KEYS[2], 'MINID', '~', sent_at - tonumber(ARGV[3]))
+local floor = trim(KEYS[2], tonumber(ARGV[2]), sent_at - tonumber(ARGV[3]))
+if fresh and not floor then
+  -- A new history: what came before it is gone, up to the newest remembered (or unknown).
+  floor = redis.call('HGET', KEYS[5], 'last') or id
+end
+if floor then
+  redis.call('HSET', KEYS[5], 'last', id, 'floor', floor)
+else
+  redis.call('HSET', KEYS[5], 'last', id)
+end
+redis.call('PEXPIRE', KEYS[5], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 local position = epoch .. ':' .. id
 local received = redis.call('PUBLISH', KEYS[1], '\0' .. position .. '\0' .. ARGV[1])
@@ -137,6 +199,80 @@ if received == 0 and ARGV[4] == '1' then
 end
 return {received, position}
 """
+)
+
+# KEYS: the epoch, the group's meta. ARGV: META_TTL in ms. Returns {epoch, the newest stream id}.
+# An id with nothing remembered gets "0-0", the beginning: remembered from now on, so that a resume
+# from it is recovered as long as nothing it missed was dropped.
+NEWEST = (
+    LUA_FUNCTIONS
+    + """
+local epoch = epoch_of(KEYS[1])
+local last = redis.call('HGET', KEYS[2], 'last')
+if not last then
+  last = '0-0'
+  redis.call('HSET', KEYS[2], 'last', last)
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return {epoch, last}
+"""
+)
+
+# KEYS: the group's history, its pending set, the epoch, its meta.
+# ARGV: since's epoch and stream id ('' for none), start's epoch and stream id ('' for none), HISTORY_TTL in ms,
+# 1 to take the pending set. Returns {1 if recovered, the epoch, the newest stream id or nil, then stream id,
+# payload, stream id, payload... (not in order when pending ones older than the start are among them)}.
+RESUME = (
+    LUA_FUNCTIONS
+    + """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local epoch = redis.call('GET', KEYS[3]) or ''
+local dropped = trim(KEYS[1], 1e15, now - tonumber(ARGV[5]))
+if dropped then redis.call('HSET', KEYS[4], 'floor', dropped) end
+local meta = redis.call('HMGET', KEYS[4], 'floor', 'last')
+local floor, last = meta[1], meta[2]
+local exists = redis.call('EXISTS', KEYS[1]) == 1
+if not exists then floor = last end
+local since = ARGV[2]
+local recovered = ARGV[1] ~= '' and ARGV[1] == epoch and last and floor
+  and not older(last, since) and not older(since, floor)
+local after = false
+if recovered then after = since elseif ARGV[3] == epoch and ARGV[4] ~= '' then after = ARGV[4] end
+local out = {recovered and 1 or 0, epoch, last}
+if not last then out[3] = '' end
+local chosen = {}
+if exists then
+  local entries
+  if after then
+    entries = redis.call('XRANGE', KEYS[1], '(' .. after, '+')
+  else
+    entries = redis.call('XRANGE', KEYS[1], '-', '+')
+  end
+  for _, entry in ipairs(entries) do
+    chosen[entry[1]] = true
+    table.insert(out, entry[1])
+    table.insert(out, entry[2][2])
+  end
+end
+local pending = redis.call('ZRANGE', KEYS[2], 0, -1)
+if #pending > 0 and ARGV[6] == '1' then
+  redis.call('DEL', KEYS[2])
+  if not recovered and exists then
+    for _, id in ipairs(pending) do
+      if not chosen[id] then
+        local entry = redis.call('XRANGE', KEYS[1], id, id)[1]
+        if entry then
+          table.insert(out, entry[1])
+          table.insert(out, entry[2][2])
+        end
+      end
+    end
+  end
+end
+return out
+"""
+)
 
 # KEYS: the group's history, its pending set, the epoch. ARGV: HISTORY_TTL in ms, 1 to take (delete the set).
 # Returns position, payload, position, payload... of the pending ones still kept, oldest first.
@@ -178,6 +314,14 @@ Command = Callable[[Any], Any]
 def _stream_order(position: str) -> tuple[int, int]:
     milliseconds, _, sequence = position.rpartition(":")[2].partition("-")
     return int(milliseconds), int(sequence or 0)
+
+
+def _as_stream_id(position: str | None) -> tuple[str, str]:
+    """(epoch, stream id) of a position for the scripts; ('', '') for None or anything that is not a position."""
+    order = position_order(position)
+    if order is None or order[1] >= 2**53 or order[2] >= 2**53:  # Lua's numbers are doubles
+        return "", ""
+    return order[0], f"{order[1]}-{order[2]}"
 
 
 class _Shard(RedisSingleShardConnection):
@@ -326,7 +470,7 @@ class _Shard(RedisSingleShardConnection):
         data = message["data"]
         queue = layer.channels.get(name)
         if queue is not None:
-            self._put(queue, data, name)
+            self._put(queue, data, name, None)
             return
         if data == PENDING_AVAILABLE:
             if layer.groups.get(name):
@@ -336,7 +480,7 @@ class _Shard(RedisSingleShardConnection):
         for channel in layer.groups.get(name, ()):
             queue = layer.channels.get(channel)
             if queue is not None:
-                self._put(queue, data, channel)
+                self._put(queue, data, channel, name)
                 delivered = True
         if not delivered and data[:1] == KEPT_MARKER and conf.KEEPS and conf.PENDING:
             # The last registrant of the id here left after Redis counted this process in.
@@ -345,6 +489,11 @@ class _Shard(RedisSingleShardConnection):
     def _subscribed(self, name: str) -> None:
         """Redis confirmed a subscription: the oldest SUBSCRIBE of ``name`` still waiting is in effect."""
         waiting = self._confirming.get(name)
+        if name in self._lost or not waiting:
+            # Subscribed again after a reconnect: what was published meanwhile never reached
+            # this process. Its members catch up from the history, from here on in order.
+            for channel in self.channel_layer.groups.get(name, ()):
+                self.channel_layer.gap(channel, name)
         if waiting and name in self._lost:
             # The re-subscription after a reconnect: it stands for every SUBSCRIBE sent before.
             self._lost.discard(name)
@@ -379,13 +528,13 @@ class _Shard(RedisSingleShardConnection):
         except Exception as exc:
             logger.warning("Could not take pending notifications of %s: %s: %s", group, type(exc).__name__, exc)
             return
-        members = [layer.channels[c] for c in layer.groups.get(group_channel, ()) if c in layer.channels]
+        members = [(c, layer.channels[c]) for c in layer.groups.get(group_channel, ()) if c in layer.channels]
         for position, payload in taken:
             data = KEPT_MARKER + position.encode() + KEPT_MARKER + payload
             if not members:  # they left meanwhile: pending again, for the next registrant
                 await self._make_pending_again(group_channel, data)
-            for queue in members:
-                self._put(queue, data, group_channel)
+            for channel, queue in members:
+                self._put(queue, data, channel, group_channel)
 
     async def _make_pending_again(self, group_channel: str, data: bytes) -> None:
         position = data[1:].split(KEPT_MARKER, 1)[0].decode()
@@ -401,10 +550,15 @@ class _Shard(RedisSingleShardConnection):
                 exc,
             )
 
-    def _put(self, queue: asyncio.Queue[bytes], data: bytes, channel: str) -> None:
+    def _put(self, queue: asyncio.Queue[bytes], data: bytes, channel: str, group_channel: str | None) -> None:
         try:
             queue.put_nowait(data)
         except asyncio.QueueFull:
+            if group_channel is not None and data[:1] == KEPT_MARKER:
+                # Kept in the history: the consumer catches up from there once it has read its queue.
+                metrics.counters[metrics.LAYER_FULL] += 1
+                self.channel_layer.gap(channel, group_channel)
+                return
             event = None
             with contextlib.suppress(Exception):
                 event = self.channel_layer.decode(data)
@@ -434,6 +588,13 @@ class _LoopLayer(RedisPubSubLoopLayer):
         self.capacity = capacity
         self._shards: list[_Shard] = [_Shard(shard.host, self) for shard in self._shards]
         self._cleanups: set[asyncio.Future[None]] = set()
+        self._gaps = Gaps()
+
+    def gap(self, channel: str, group_channel: str) -> None:
+        """What was sent to ``group_channel`` may not have reached ``channel``: its consumer catches up."""
+        if channel in self.channels:
+            group = group_channel.removeprefix(f"{self.prefix}__group__")
+            self._gaps.mark(channel, group, self.channels[channel], GAP_MARK)
 
     async def _subscribe_to_channel(self, channel: str) -> None:
         self.channels[channel] = asyncio.Queue(maxsize=self.capacity)
@@ -444,12 +605,18 @@ class _LoopLayer(RedisPubSubLoopLayer):
             await self._subscribe_to_channel(channel)
         queue = self.channels[channel]
         try:
-            message = await queue.get()
+            while True:
+                if self._gaps and (gap := self._gaps.take(channel)) is not None:
+                    return gap
+                message = await queue.get()
+                if message != GAP_MARK:
+                    break
         except (asyncio.CancelledError, TimeoutError, GeneratorExit):
             # Channels cancels receive() when the consumer ends: that is when
             # its channel goes. Unsubscribing in a task of its own keeps the
             # consumer's cancellation from interrupting it half-way (which is
             # what printed CancelledError tracebacks).
+            self._gaps.forget(channel)
             if self.channels.pop(channel, None) is not None:
                 cleanup = asyncio.ensure_future(self._unsubscribe(channel))
                 self._cleanups.add(cleanup)
@@ -469,7 +636,7 @@ class _LoopLayer(RedisPubSubLoopLayer):
 
     def kept_keys(self, group: str) -> KeptKeys:
         base = f"{self.prefix}kept:{group}"
-        return KeptKeys(history=f"{base}:h", pending=f"{base}:p", epoch=f"{self.prefix}kept:epoch")
+        return KeptKeys(history=f"{base}:h", pending=f"{base}:p", meta=f"{base}:m", epoch=f"{self.prefix}kept:epoch")
 
     async def send_kept(self, group: str, message: dict[str, Any]) -> Kept:
         group_channel = self._get_group_channel_name(group)
@@ -482,8 +649,8 @@ class _LoopLayer(RedisPubSubLoopLayer):
         try:
             received, position = await shard.run_script(
                 SEND_KEPT,
-                keys=[group_channel, keys.history, keys.pending, keys.epoch],
-                args=[payload, conf.HISTORY_SIZE, int(conf.HISTORY_TTL * 1000), int(pending)],
+                keys=[group_channel, keys.history, keys.pending, keys.epoch, keys.meta],
+                args=[payload, conf.HISTORY_SIZE, int(conf.HISTORY_TTL * 1000), int(pending), int(META_TTL * 1000)],
             )
         except ResponseError as exc:
             if not str(exc).startswith("OOM"):
@@ -513,7 +680,9 @@ class _LoopLayer(RedisPubSubLoopLayer):
         queue = self.channels.get(channel)
         left: list[dict[str, Any]] = []
         while queue is not None and not queue.empty():
-            left.append(self.decode(queue.get_nowait()))
+            data = queue.get_nowait()
+            if data != GAP_MARK:
+                left.append(self.decode(data))
         return left
 
     async def keep_pending(self, group: str, message: dict[str, Any]) -> bool:
@@ -529,6 +698,36 @@ class _LoopLayer(RedisPubSubLoopLayer):
             args=[position.rpartition(":")[2], int(conf.HISTORY_TTL * 1000), conf.HISTORY_SIZE],
         )
         return True
+
+    async def newest(self, group: str) -> str | None:
+        if not conf.KEEPS:
+            return None
+        keys = self.kept_keys(group)
+        epoch, last = await self._get_shard(self._get_group_channel_name(group)).run_script(
+            NEWEST, keys=[keys.epoch, keys.meta], args=[int(META_TTL * 1000)]
+        )
+        return f"{epoch.decode()}:{last.decode()}"
+
+    async def resume(self, group: str, since: str | None, start: str | None, *, take: bool = True) -> Replay:
+        if not conf.KEEPS:
+            return Replay(recovered=False, newest=None, notifications=[])
+        keys = self.kept_keys(group)
+        reply = await self._get_shard(self._get_group_channel_name(group)).run_script(
+            RESUME,
+            keys=[keys.history, keys.pending, keys.epoch, keys.meta],
+            args=[*_as_stream_id(since), *_as_stream_id(start), int(conf.HISTORY_TTL * 1000), int(take)],
+        )
+        recovered, epoch, last = bool(reply[0]), reply[1].decode(), reply[2].decode()
+        pairs = sorted(
+            ((reply[i].decode(), bytes(reply[i + 1])) for i in range(3, len(reply), 2)),
+            key=lambda pair: _stream_order(pair[0]),
+        )
+        deserialize = self.channel_layer.deserialize
+        return Replay(
+            recovered=recovered,
+            newest=f"{epoch}:{last}" if epoch and last else None,
+            notifications=[KeptNotification(f"{epoch}:{sid}", deserialize(payload)["text"]) for sid, payload in pairs],
+        )
 
     async def take_pending(self, group: str, *, peek: bool = False) -> list[KeptNotification]:
         taken = await self.take_pending_payloads(group, peek=peek)
@@ -557,6 +756,7 @@ class KeptKeys:
 
     history: str
     pending: str
+    meta: str
     epoch: str
 
 
@@ -579,6 +779,12 @@ class RedisPubSubLayer(RedisPubSubChannelLayer):
 
     async def take_pending(self, group: str, *, peek: bool = False) -> list[KeptNotification]:
         return await self._get_layer().take_pending(group, peek=peek)
+
+    async def newest(self, group: str) -> str | None:
+        return await self._get_layer().newest(group)
+
+    async def resume(self, group: str, since: str | None, start: str | None, *, take: bool = True) -> Replay:
+        return await self._get_layer().resume(group, since, start, take=take)
 
     def drain(self, channel: str) -> list[dict[str, Any]]:
         return self._get_layer().drain(channel)

@@ -14,7 +14,7 @@ from channels.layers import BaseChannelLayer, get_channel_layer
 
 from notifications import metrics
 from notifications.exceptions import DeliveryFailed
-from notifications.layers import Kept, KeptNotification
+from notifications.layers import Kept, KeptNotification, Replay
 from notifications.protocol import broadcast_group, describe, group_name
 
 logger = logging.getLogger(__name__)
@@ -63,6 +63,21 @@ async def take_pending(recipient: str, *, peek: bool = False) -> list[KeptNotifi
     """
     take = getattr(channel_layer(), "take_pending", None)
     return None if take is None else list(await take(group_name(recipient), peek=peek))
+
+
+async def newest(recipient: str) -> str | None:
+    """The newest position ``recipient`` has had (None: none, or a layer that keeps nothing)."""
+    read = getattr(channel_layer(), "newest", None)
+    return None if read is None else await read(group_name(recipient))
+
+
+async def resume(recipient: str, since: str | None, start: str | None, *, take: bool = True) -> Replay | None:
+    """What a registration that just joined ``recipient``'s group receives (see ``KeepingLayer.resume``).
+
+    None: the layer keeps nothing.
+    """
+    replay = getattr(channel_layer(), "resume", None)
+    return None if replay is None else await replay(group_name(recipient), since, start, take=take)
 
 
 async def deliver_to_everyone(text: str) -> None:
