@@ -19,6 +19,7 @@ REJECTED_FRAMES = "rejected_frames"
 PENDING = "pending"  # notifications that no registration received, kept for the id's next one
 REPLAYED = "replayed"  # kept notifications (pending, or from the history on resume) sent to a registration
 CAUGHT_UP = "caught_up"  # ... of which: sent after the channel layer lost them for a while (a Redis reconnect)
+REDIS_SILENT = "redis_silent"  # pub/sub connections dropped because Redis stopped answering (made again)
 CONTINUITY_LOST = "continuity_lost"  # registrations that could not be caught up after such a gap
 
 

@@ -145,6 +145,8 @@ class MemoryHistory:
             and floor is not None
             and not is_after(since, newest)
             and not is_after(floor, since)
+            # a position this id had (not another id's): kept, the newest dropped, or the newest
+            and (since in (floor, newest) or (kept is not None and any(e.position == since for e in kept.entries)))
         )
         if kept is None:
             return Replay(recovered, newest, [])

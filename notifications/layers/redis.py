@@ -38,7 +38,8 @@ and every process with a registrant of the id is told so (a small message
 on the group's channel), so that a registration that came meanwhile takes
 it. After a reconnect, redis-py subscribes again; what was sent to a group
 before that took effect reached no process and is pending, so the process
-takes it for its registrants then. Positions are ``<epoch>:<stream id>``;
+takes it for its registrants then. Positions are ``<epoch>.<tag>:<stream id>``
+(the tag, a digest of the group, keeps ids' positions apart);
 the epoch is made when a Redis server first keeps a notification, so
 positions never repeat after a restart or a flush. If Redis refuses to keep
 (``maxmemory`` reached), notifications are published live only.
@@ -52,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -118,6 +120,9 @@ LIBRARY_INTERNALS: dict[str, tuple[str, ...]] = {
 # starts with a NUL byte.
 KEPT_MARKER = b"\x00"
 SUBSCRIBE_TIMEOUT = 10.0  # seconds Redis may take to confirm a subscription
+# A pub/sub connection quiet this long is pinged; quiet as long again, it is dropped and made again.
+HEALTH_CHECK_INTERVAL = 5.0
+COMMAND_TIMEOUT = 10.0  # seconds a pipeline of commands (a send, a resume) may wait for Redis's replies
 
 # Queued for a consumer that waits on an empty queue when a gap was marked for it (see Gaps).
 GAP_MARK = b"\x02"
@@ -168,7 +173,7 @@ end
 
 # KEYS: the group's channel, its history (a stream), its pending set (a sorted set), the epoch, its meta
 # (a hash: "last", the newest stream id; "floor", nothing after it was dropped).
-# ARGV: the payload to publish, HISTORY_SIZE, HISTORY_TTL in ms, 1 if pending is on, META_TTL in ms.
+# ARGV: the payload to publish, HISTORY_SIZE, HISTORY_TTL in ms, 1 if pending is on, META_TTL in ms, the group's tag.
 # Returns {subscribers that received it, its position}.
 SEND_KEPT = (
     LUA_FUNCTIONS
@@ -190,7 +195,7 @@ else
 end
 redis.call('PEXPIRE', KEYS[5], ARGV[5])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-local position = epoch .. ':' .. id
+local position = epoch .. '.' .. ARGV[6] .. ':' .. id
 local received = redis.call('PUBLISH', KEYS[1], '\0' .. position .. '\0' .. ARGV[1])
 if received == 0 and ARGV[4] == '1' then
   redis.call('ZADD', KEYS[3], sent_at, id)
@@ -235,8 +240,11 @@ local floor, last = meta[1], meta[2]
 local exists = redis.call('EXISTS', KEYS[1]) == 1
 if not exists then floor = last end
 local since = ARGV[2]
+-- Recovered: nothing after since was dropped, since is not newer than the newest, and it is a
+-- position this id had (kept, the newest dropped, or the newest): not another id's.
 local recovered = ARGV[1] ~= '' and ARGV[1] == epoch and last and floor
   and not older(last, since) and not older(since, floor)
+  and (since == floor or since == last or (exists and redis.call('XRANGE', KEYS[1], since, since)[1] ~= nil))
 local after = false
 if recovered then after = since elseif ARGV[3] == epoch and ARGV[4] ~= '' then after = ARGV[4] end
 local out = {recovered and 1 or 0, epoch, last}
@@ -274,7 +282,8 @@ return out
 """
 )
 
-# KEYS: the group's history, its pending set, the epoch. ARGV: HISTORY_TTL in ms, 1 to take (delete the set).
+# KEYS: the group's history, its pending set, the epoch. ARGV: HISTORY_TTL in ms, 1 to take (delete the set),
+# the group's tag.
 # Returns position, payload, position, payload... of the pending ones still kept, oldest first.
 TAKE_PENDING = """
 local ids = redis.call('ZRANGE', KEYS[2], 0, -1)
@@ -288,7 +297,7 @@ for _, id in ipairs(ids) do
   if tonumber(string.match(id, '^(%d+)')) > oldest then
     local entry = redis.call('XRANGE', KEYS[1], id, id)[1]
     if entry then
-      table.insert(taken, epoch .. ':' .. id)
+      table.insert(taken, epoch .. '.' .. ARGV[3] .. ':' .. id)
       table.insert(taken, entry[2][2])
     end
   end
@@ -316,12 +325,24 @@ def _stream_order(position: str) -> tuple[int, int]:
     return int(milliseconds), int(sequence or 0)
 
 
-def _as_stream_id(position: str | None) -> tuple[str, str]:
-    """(epoch, stream id) of a position for the scripts; ('', '') for None or anything that is not a position."""
+def _tag(group: str) -> str:
+    """A short digest of the group that its positions carry after the epoch.
+
+    Stream ids are times, so two ids' histories may hold the same one; with
+    the tag, a position of one id is never taken for a position of another.
+    """
+    return hashlib.sha256(group.encode()).hexdigest()[:8]
+
+
+def _as_stream_id(position: str | None, group: str) -> tuple[str, str]:
+    """(epoch, stream id) of a position of ``group`` for the scripts; ('', '') for None or anything else."""
     order = position_order(position)
     if order is None or order[1] >= 2**53 or order[2] >= 2**53:  # Lua's numbers are doubles
         return "", ""
-    return order[0], f"{order[1]}-{order[2]}"
+    epoch, dot, tag = order[0].rpartition(".")
+    if not (dot and epoch and tag == _tag(group)):
+        return "", ""
+    return epoch, f"{order[1]}-{order[2]}"
 
 
 class _Shard(RedisSingleShardConnection):
@@ -336,6 +357,7 @@ class _Shard(RedisSingleShardConnection):
         self._lost: set[str] = set()  # channels whose waiting SUBSCRIBEs went with a broken connection
         self._scripts: dict[str, asyncio.Future[Any]] = {}  # Lua source -> its SCRIPT LOAD (the SHA1)
         self._repending: set[asyncio.Future[None]] = set()
+        self._received = 0  # messages read from the pub/sub connection (the watchdog's sign of life)
 
     async def publish(self, channel: str, message: bytes) -> int:
         """PUBLISH, pipelined with every command waiting at that moment; how many subscribers received it."""
@@ -387,7 +409,8 @@ class _Shard(RedisSingleShardConnection):
                 pipe = self._redis.pipeline(transaction=False)
                 for command, _ in batch:
                     command(pipe)
-                results = await pipe.execute(raise_on_error=False)
+                # Bounded: on a connection whose peer vanished without a word, a reply never comes.
+                results = await asyncio.wait_for(pipe.execute(raise_on_error=False), COMMAND_TIMEOUT)
             except Exception as exc:
                 for _, done in batch:
                     if not done.done():
@@ -439,7 +462,47 @@ class _Shard(RedisSingleShardConnection):
 
     async def _do_receiving(self) -> None:
         # The library polls with a 0.1 s timeout per message (a timer armed and
-        # cancelled for every notification); blocking reads need none.
+        # cancelled for every notification); blocking reads need none, and a
+        # watchdog beside them notices a connection that went silent.
+        watchdog = asyncio.ensure_future(self._watch_connection())
+        try:
+            await self._read_forever()
+        finally:
+            watchdog.cancel()
+
+    async def _watch_connection(self) -> None:
+        """Ping a pub/sub connection that has been quiet for a while; drop it if not even the pong comes.
+
+        A blocking read on a connection whose peer vanished without a word (the
+        network cut, a host gone) would wait forever, and every notification
+        meanwhile would be lost to this process unnoticed. Dropped, it is made
+        again, its channels subscribed again, and their members catch up.
+        """
+        seen, pinged = -1, False
+        while True:
+            await asyncio.sleep(HEALTH_CHECK_INTERVAL)
+            pubsub = self._pubsub
+            if pubsub is None or not pubsub.subscribed or pubsub.connection is None:
+                seen, pinged = -1, False
+                continue
+            if self._received != seen:
+                seen, pinged = self._received, False
+                continue
+            if not pinged:
+                pinged = True
+                with contextlib.suppress(Exception):
+                    await pubsub.ping()
+                continue
+            logger.warning(
+                "Redis sent nothing, not even a pong, for %g s: dropping the pub/sub connection to make it again",
+                2 * HEALTH_CHECK_INTERVAL,
+            )
+            metrics.counters[metrics.REDIS_SILENT] += 1
+            seen, pinged = -1, False
+            with contextlib.suppress(Exception):
+                await pubsub.connection.disconnect()
+
+    async def _read_forever(self) -> None:
         while True:
             try:
                 if self._pubsub is not None and self._pubsub.subscribed:
@@ -458,6 +521,7 @@ class _Shard(RedisSingleShardConnection):
     def _receive_message(self, message: dict[str, Any] | None) -> None:
         if message is None:
             return
+        self._received += 1
         name = message["channel"]
         if isinstance(name, bytes):
             name = name.decode()
@@ -650,7 +714,14 @@ class _LoopLayer(RedisPubSubLoopLayer):
             received, position = await shard.run_script(
                 SEND_KEPT,
                 keys=[group_channel, keys.history, keys.pending, keys.epoch, keys.meta],
-                args=[payload, conf.HISTORY_SIZE, int(conf.HISTORY_TTL * 1000), int(pending), int(META_TTL * 1000)],
+                args=[
+                    payload,
+                    conf.HISTORY_SIZE,
+                    int(conf.HISTORY_TTL * 1000),
+                    int(pending),
+                    int(META_TTL * 1000),
+                    _tag(group),
+                ],
             )
         except ResponseError as exc:
             if not str(exc).startswith("OOM"):
@@ -670,7 +741,7 @@ class _LoopLayer(RedisPubSubLoopLayer):
         taken = await shard.run_script(
             TAKE_PENDING,
             keys=[keys.history, keys.pending, keys.epoch],
-            args=[int(conf.HISTORY_TTL * 1000), 0 if peek else 1],
+            args=[int(conf.HISTORY_TTL * 1000), 0 if peek else 1, _tag(group)],
         )
         pairs = [(taken[i].decode(), bytes(taken[i + 1])) for i in range(0, len(taken), 2)]
         # In the order sent (the sorted set orders by millisecond; the sequence within one counts too).
@@ -706,7 +777,7 @@ class _LoopLayer(RedisPubSubLoopLayer):
         epoch, last = await self._get_shard(self._get_group_channel_name(group)).run_script(
             NEWEST, keys=[keys.epoch, keys.meta], args=[int(META_TTL * 1000)]
         )
-        return f"{epoch.decode()}:{last.decode()}"
+        return f"{epoch.decode()}.{_tag(group)}:{last.decode()}"
 
     async def resume(self, group: str, since: str | None, start: str | None, *, take: bool = True) -> Replay:
         if not conf.KEEPS:
@@ -715,9 +786,14 @@ class _LoopLayer(RedisPubSubLoopLayer):
         reply = await self._get_shard(self._get_group_channel_name(group)).run_script(
             RESUME,
             keys=[keys.history, keys.pending, keys.epoch, keys.meta],
-            args=[*_as_stream_id(since), *_as_stream_id(start), int(conf.HISTORY_TTL * 1000), int(take)],
+            args=[
+                *_as_stream_id(since, group),
+                *_as_stream_id(start, group),
+                int(conf.HISTORY_TTL * 1000),
+                int(take),
+            ],
         )
-        recovered, epoch, last = bool(reply[0]), reply[1].decode(), reply[2].decode()
+        recovered, epoch, last = bool(reply[0]), f"{reply[1].decode()}.{_tag(group)}", reply[2].decode()
         pairs = sorted(
             ((reply[i].decode(), bytes(reply[i + 1])) for i in range(3, len(reply), 2)),
             key=lambda pair: _stream_order(pair[0]),

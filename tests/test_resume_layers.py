@@ -1,0 +1,175 @@
+"""Resume in both layers: what a registration receives after ``since``, and when ``recovered`` is false.
+
+The rule under test (``KeepingLayer.resume``): recovered exactly when every
+notification of the id after ``since`` is still kept; then those, in order,
+pending ones included, none twice. Otherwise what was sent after the
+registration began, with every pending one, and ``recovered`` false.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from harness.servers import eventually
+from notifications.layers import Replay
+from notifications.layers.history import MemoryHistory
+from notifications.layers.memory import InMemoryLayer
+from notifications.layers.redis import RedisPubSubLayer
+
+EVENT = "notify.message"
+
+
+def event(text: str) -> dict[str, str]:
+    return {"type": EVENT, "text": text, "recipient": "x"}
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def layer(request: pytest.FixtureRequest, settings: Any) -> AsyncIterator[Any]:
+    settings.NOTIFICATIONS_HISTORY_SIZE = 5
+    settings.NOTIFICATIONS_PENDING = True
+    if request.param == "memory":
+        yield InMemoryLayer()
+        return
+    redis_url: str = request.getfixturevalue("redis_url")
+    prefix: str = request.getfixturevalue("redis_prefix")
+    layer = RedisPubSubLayer(hosts=[redis_url], prefix=prefix)
+    try:
+        yield layer
+    finally:
+        await layer.flush()
+
+
+async def send(layer: Any, group: str, *texts: str) -> list[str]:
+    """Send to nobody (so each is pending too); their positions."""
+    return [(await layer.send_kept(group, event(text))).position for text in texts]
+
+
+def texts(replay: Replay) -> list[str]:
+    return [kept.text for kept in replay.notifications]
+
+
+async def test_every_notification_after_since_is_replayed_in_order_pending_ones_once(layer: Any) -> None:
+    positions = await send(layer, "g", "one", "two", "three")
+    replay = await layer.resume("g", positions[0], None)
+    assert replay.recovered is True
+    assert texts(replay) == ["two", "three"]
+    assert [k.position for k in replay.notifications] == positions[1:]
+    assert replay.newest == positions[-1]
+    # The pending ones were taken with it: a later registration does not get them again.
+    assert await layer.take_pending("g") == []
+
+
+async def test_since_the_newest_recovers_nothing_to_replay(layer: Any) -> None:
+    positions = await send(layer, "g", "one", "two")
+    replay = await layer.resume("g", positions[-1], None)
+    assert (replay.recovered, replay.notifications) == (True, [])
+
+
+async def test_a_registration_that_began_at_the_start_of_an_empty_history_recovers_from_there(layer: Any) -> None:
+    start = await layer.newest("g")
+    assert start is not None  # a position that marks the beginning, not null
+    await send(layer, "g", "one", "two")
+    replay = await layer.resume("g", start, None)
+    assert (replay.recovered, texts(replay)) == (True, ["one", "two"])
+
+
+async def test_past_the_history_size_nothing_is_passed_off_as_whole(layer: Any) -> None:
+    first = (await send(layer, "g", "zero"))[0]
+    start = await layer.newest("g")
+    await send(layer, "g", *(f"n{i}" for i in range(6)))  # size 5: "zero" and n0 are dropped
+    replay = await layer.resume("g", first, start)
+    assert replay.recovered is False
+    # Not recovered: what followed the registration's start that is still kept, and every pending one.
+    assert texts(replay) == [f"n{i}" for i in range(1, 6)]
+
+
+@pytest.mark.parametrize(
+    "since",
+    [
+        "",
+        "x:y",
+        "no colon",
+        "１２:３",  # digits, but not ASCII ones
+        "0" * 201,
+    ],
+)
+async def test_what_is_no_position_of_this_epoch_is_not_recovered(layer: Any, since: str) -> None:
+    await send(layer, "g", "one")
+    replay = await layer.resume("g", since, None)
+    assert replay.recovered is False
+    assert texts(replay) == ["one"]  # the pending one still reaches the registration
+
+
+async def test_a_position_of_another_epoch_is_not_recovered(layer: Any) -> None:
+    position = (await send(layer, "g", "one"))[0]
+    epoch, _, rest = position.partition(":")
+    replay = await layer.resume("g", f"{epoch}0:{rest}", None)
+    assert replay.recovered is False
+
+
+async def test_a_position_newer_than_the_newest_kept_is_not_recovered(layer: Any) -> None:
+    # As after a Redis that lost its last writes: the client has a position the server never kept.
+    position = (await send(layer, "g", "one"))[0]
+    epoch, _, rest = position.partition(":")
+    newer = f"{epoch}:{int(rest.split('-')[0]) + 10_000}" + ("-0" if "-" in rest else "")
+    assert (await layer.resume("g", newer, None)).recovered is False
+
+
+async def test_a_position_of_another_id_is_not_recovered(layer: Any) -> None:
+    await send(layer, "mine", "a")
+    other = (await send(layer, "other", "b"))[0]
+    await send(layer, "mine", "c")
+    replay = await layer.resume("mine", other, None)
+    assert replay.recovered is False
+
+
+async def test_not_recovered_replays_pending_ones_older_than_the_start_in_order(layer: Any) -> None:
+    await send(layer, "g", "pending before")
+    start = await layer.newest("g")
+    await send(layer, "g", "sent while joining")
+    replay = await layer.resume("g", None, start)
+    assert (replay.recovered, texts(replay)) == (False, ["pending before", "sent while joining"])
+
+
+async def test_catching_up_leaves_pending_ones_to_their_owner(layer: Any) -> None:
+    start = await layer.newest("g")
+    await send(layer, "g", "one")
+    replay = await layer.resume("g", start, None, take=False)
+    assert (replay.recovered, texts(replay)) == (True, ["one"])
+    assert [k.text for k in await layer.take_pending("g")] == ["one"]
+
+
+async def test_an_idle_client_whose_newest_expired_still_recovers_when_nothing_was_sent(settings: Any) -> None:
+    settings.NOTIFICATIONS_HISTORY_TTL = 10.0
+    now = [0.0]
+    layer = InMemoryLayer()
+    layer.history = MemoryHistory(clock=lambda: now[0])
+    first, second = await send(layer, "g", "one", "two")
+    now[0] = 11.0  # both expired
+    assert (await layer.resume("g", second, None)).recovered is True  # it had everything
+    assert (await layer.resume("g", first, None)).recovered is False  # "two" is gone
+
+
+async def test_in_redis_an_expired_history_is_a_gap_unless_the_client_had_the_newest(
+    redis_url: str, redis_prefix: str, settings: Any
+) -> None:
+    settings.NOTIFICATIONS_HISTORY_TTL = 1.0
+    layer = RedisPubSubLayer(hosts=[redis_url], prefix=redis_prefix)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        first, second = await send(layer, "g", "one", "two")
+        history = layer._get_layer().kept_keys("g").history
+
+        async def expired() -> bool:
+            return not await client.exists(history)
+
+        await eventually(expired, seconds=5)
+        assert (await layer.resume("g", first, None)).recovered is False
+        assert (await layer.resume("g", second, None)).recovered is True
+    finally:
+        await layer.flush()
+        await client.aclose()
