@@ -9,7 +9,7 @@ from pathlib import Path
 from daphne.server import Server
 
 from notifications.conf import DEFAULTS
-from notifications.consumers import CLOSE_TRY_AGAIN_LATER
+from notifications.consumers import CLOSE_CONTINUITY_LOST, CLOSE_TRY_AGAIN_LATER
 from notifications.protocol import GREETING
 
 DOC = (Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md").read_text(encoding="utf-8")
@@ -42,11 +42,12 @@ def test_the_default_limits_are_those_of_the_settings() -> None:
     assert f"already {DEFAULTS['MAX_IDS_PER_CONNECTION']} ids registered" in section("Registering")
 
 
-def test_the_only_application_close_code_is_the_consumers() -> None:
+def test_the_application_close_codes_are_the_consumers() -> None:
     served = DOC.split("## Not yet served by this version")[0]
-    assert set(re.findall(r"`(4\d{3})`", served)) == {str(CLOSE_TRY_AGAIN_LATER)}
+    ours = {str(CLOSE_TRY_AGAIN_LATER), str(CLOSE_CONTINUITY_LOST)}
+    assert set(re.findall(r"`(4\d{3})`", served)) == ours
     codes = [row[0].strip("`") for row in table_rows(section("Close codes the server sends"))]
-    assert codes[0] == str(CLOSE_TRY_AGAIN_LATER)
+    assert set(codes[:2]) == ours
 
 
 def test_the_frame_size_limit_is_daphnes_default() -> None:
