@@ -317,13 +317,19 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
             )
             await self._close(CLOSE_CONTINUITY_LOST, "continuity lost; resume")
             return
-        missed = len(replay.notifications) if replay is not None else None
+        # v1: late rather than never for what is still kept after its last one; the rest is lost to it.
+        late = [
+            k for k in (replay.notifications if replay is not None else []) if is_after(k.position, registration.cursor)
+        ]
         logger.warning(
-            "Client %s (protocol v1) may have missed %s notifications of %s while the channel layer was away",
+            "Client %s (protocol v1) may have missed notifications of %s while the channel layer was away: "
+            "not all sent since the last one it received are kept; %d still kept are sent now",
             self.temp_id,
-            missed if missed is not None else "an unknown number of",
             describe(recipient),
+            len(late),
         )
+        if late:
+            await self._replay(recipient, registration, late)
 
     async def undispatched(self, messages: list[dict[str, Any]]) -> None:
         for message in messages:
