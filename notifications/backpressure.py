@@ -92,7 +92,7 @@ class Backlog:
     keep-alive ping.
     """
 
-    def __init__(self, send_text: Callable[[str], Awaitable[None]], window: WriteWindow | None, who: str) -> None:
+    def __init__(self, send_text: Callable[[str], Awaitable[bool]], window: WriteWindow | None, who: str) -> None:
         self._send_text = send_text
         self._window = window
         self._who = who  # for the log: the connection's temporary id
@@ -106,12 +106,19 @@ class Backlog:
     def __len__(self) -> int:
         return len(self._waiting)
 
+    @property
+    def gone(self) -> bool:
+        """The connection's socket is closed: nothing sent now would reach the client."""
+        return self._window is not None and self._window.stopped
+
     async def send(self, text: str, recipient: object = None) -> bool:
-        """Send ``text`` now if the client reads and nothing waits before it; else hold it, or drop it (False)."""
+        """Send ``text`` now if the client reads and nothing waits before it; else hold it, or drop it (False).
+
+        Also False if the connection turned out to be gone (``send_text`` said so; not counted here).
+        """
         window = self._window
         if window is None or not (window.paused or self._waiting):
-            await self._send_text(text)
-            return True
+            return await self._send_text(text)
         if len(self._waiting) < conf.MAX_QUEUED_MESSAGES:
             self._waiting.append(text)
             if not window.paused:
@@ -167,7 +174,9 @@ class Backlog:
 
     async def _drain(self) -> None:
         while self._waiting and self._window is not None and not (self._window.paused or self._window.stopped):
-            await self._send_text(self._waiting.popleft())
+            if not await self._send_text(self._waiting[0]):
+                return  # gone: disconnect() counts what still waits
+            self._waiting.popleft()
             self._make_room()
         if not self._waiting and self._dropped:
             logger.warning("Client %s reads again; %d notifications were dropped meanwhile", self._who, self._dropped)

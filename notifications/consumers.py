@@ -8,13 +8,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from autobahn.exception import Disconnected
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from notifications import backpressure, metrics
 from notifications.conf import conf
 from notifications.dispatch import SerialDispatchMixin
 from notifications.exceptions import DeliveryFailed
-from notifications.layers import MAX_POSITION_LENGTH, KeptNotification, Replay, is_after, position_order
+from notifications.layers import MAX_POSITION_LENGTH, KeptNotification, Replay, is_after, position_order, sent_between
 from notifications.protocol import (
     GREETING,
     NO_SINCE,
@@ -170,8 +171,15 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
             # and the id's notifications are framed as v2 from now on.
             if action.v2:
                 existing.v2 = True
+                # With ``since``: recovered only if it is where this connection is (nothing to replay).
+                recovered = None if action.since is NO_SINCE else action.since == existing.cursor is not None
                 await self._reply(
-                    {"type": "registered", "recipient_uuid": recipient, "position": existing.cursor, "recovered": None}
+                    {
+                        "type": "registered",
+                        "recipient_uuid": recipient,
+                        "position": existing.cursor,
+                        "recovered": recovered,
+                    }
                 )
             return
         limit = conf.MAX_IDS_PER_CONNECTION
@@ -265,15 +273,22 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
         if not registration.v2:
             registration.replayed = {k.position for k in kept}
             registration.replayed_last = kept[-1].position
-        for notification in kept:
-            if is_after(notification.position, registration.cursor):
-                registration.cursor = notification.position
+        for index, notification in enumerate(kept):
             if registration.v2:
                 text = _message_frame(recipient, notification.text, notification.position, replayed=True)
             else:
                 text = notification.text
             if self.closing or self.backlog is None or not await self.backlog.send_paced(text):
-                return  # the client left: the rest is kept in the history for its resume
+                # The client left. A v2 client resumes from the history; for v1 (whose replay is
+                # mostly pending ones, taken), the rest waits for the id's next registration.
+                if not registration.v2:
+                    for rest in kept[index:]:
+                        await self._not_sent(
+                            {"type": EVENT_TYPE, "recipient": recipient, "text": rest.text, "position": rest.position}
+                        )
+                return
+            if is_after(notification.position, registration.cursor):
+                registration.cursor = notification.position
 
     async def notify_gap(self, event: dict[str, Any]) -> None:
         """The layer lost what was sent to some of this connection's groups for a while: catch up, or say so.
@@ -321,10 +336,13 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
         late = [
             k for k in (replay.notifications if replay is not None else []) if is_after(k.position, registration.cursor)
         ]
+        sent = sent_between(registration.cursor, replay.newest) if replay is not None else None
+        missed = "an unknown number of" if sent is None or sent < len(late) else str(sent - len(late))
         logger.warning(
-            "Client %s (protocol v1) may have missed notifications of %s while the channel layer was away: "
-            "not all sent since the last one it received are kept; %d still kept are sent now",
+            "Client %s (protocol v1) may have missed %s notifications of %s while the channel layer was away; "
+            "%d still kept are sent now",
             self.temp_id,
+            missed,
             describe(recipient),
             len(late),
         )
@@ -362,15 +380,15 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
         recipient: str | None = event.get("recipient")
         registration = self.registrations.get(recipient) if recipient is not None else None
         if recipient is None or registration is None:  # a broadcast, or to this connection alone
-            await self.backlog_send(self._untargeted(event["text"]), recipient)
+            await self.backlog_send(self._untargeted(event["text"]), recipient, event)
             return
         position = event.get("position")
         if position is not None and not registration.admit(position):
             return  # a copy of one this connection has (replayed, or handed over twice)
         if registration.v2:
-            await self.backlog_send(_message_frame(recipient, event["text"], position), recipient)
+            await self.backlog_send(_message_frame(recipient, event["text"], position), recipient, event)
             return
-        await self.backlog_send(event["text"], recipient)
+        await self.backlog_send(event["text"], recipient, event)
 
     def _untargeted(self, text: str) -> str:
         """A notification to no id of this connection's: raw text, unless every registration is v2."""
@@ -381,18 +399,25 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
             )
         return text
 
-    async def backlog_send(self, text: str, recipient: object) -> None:
-        if self.closing:
-            return
-        if self.backlog is None:  # not accepted yet
-            await self._send_text(text)
-            return
-        if not await self.backlog.send(text, recipient):
-            registration = self.registrations.get(recipient) if isinstance(recipient, str) else None
-            if registration is not None and registration.v2:
-                # Dropped for a client that does not read: a v2 client must not go on with
-                # a hidden gap. Closed, it resumes from the history when it reads again.
-                await self._close(CLOSE_CONTINUITY_LOST, "too many notifications waiting; resume")
+    async def backlog_send(self, text: str, recipient: object, event: dict[str, Any] | None = None) -> None:
+        """Send (or hold) one frame; ``event``, the notification it carries, is kept again if the connection goes."""
+        if not self.closing:
+            if self.backlog is None:  # not accepted yet
+                sent = await self._send_text(text)
+            else:
+                sent = await self.backlog.send(text, recipient)
+            if sent:
+                return
+            if not self.closing:
+                # Dropped for a client that does not read (counted by the backlog). A v2 client must
+                # not go on with a hidden gap: closed, it resumes from the history when it reads again.
+                registration = self.registrations.get(recipient) if isinstance(recipient, str) else None
+                if registration is not None and registration.v2:
+                    await self._close(CLOSE_CONTINUITY_LOST, "too many notifications waiting; resume")
+                return
+        # Closing, or gone as it was sent: the notification is not lost with the connection.
+        if event is not None:
+            await self._not_sent(event)
 
     async def _sent(self, recipient: str, outcome: str | None, code: str | None = None) -> None:
         """The v2 reply to a send frame: what became of the notification."""
@@ -411,8 +436,17 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
             self.closing = True
             await self.close(code=code, reason=reason)
 
-    async def _send_text(self, text: str) -> None:
-        await self.send(text_data=text)
+    async def _send_text(self, text: str) -> bool:
+        """Send one frame now; False if the connection is already gone (nothing more is sent on it)."""
+        if self.backlog is not None and self.backlog.gone:  # daphne would drop it without a word
+            self.closing = True
+            return False
+        try:
+            await self.send(text_data=text)
+        except Disconnected:  # daphne's socket closed under us (the client vanished): disconnect() follows
+            self.closing = True
+            return False
+        return True
 
     def _groups(self) -> list[str]:
         """The groups this connection joined: its ids', and the broadcast group once it registered one."""

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from notifications.layers import META_TTL
+from notifications.layers import META_TTL, id_sequence, position_order
 from notifications.layers.history import MemoryHistory
 from notifications.layers.memory import InMemoryLayer
 from notifications.layers.redis import RedisPubSubLayer
@@ -133,8 +133,10 @@ def test_positions_increase_per_id_and_carry_the_epoch() -> None:
         positions[group].append(keep(history, group, str(i)))
     for group, kept in positions.items():
         assert all(p.startswith(f"{history.epoch}:") for p in kept), group
-        sequences = [int(p.rpartition(":")[2]) for p in kept]
-        assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences), group
+        orders = [position_order(p) for p in kept]
+        assert orders == sorted(orders) and len(set(orders)) == len(orders), group
+        # Each carries how many notifications its id had had: 1, 2, 3...
+        assert [id_sequence(p) for p in kept] == list(range(1, len(kept) + 1)), group
         assert [k.position for k in history.take_pending(group)] == kept
     assert MemoryHistory().epoch != history.epoch  # a new process, new positions
 

@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from harness.servers import eventually
-from notifications.layers import Replay
+from notifications.layers import Replay, sent_between
 from notifications.layers.history import MemoryHistory
 from notifications.layers.memory import InMemoryLayer
 from notifications.layers.redis import RedisPubSubLayer
@@ -173,3 +173,18 @@ async def test_in_redis_an_expired_history_is_a_gap_unless_the_client_had_the_ne
     finally:
         await layer.flush()
         await client.aclose()
+
+
+async def test_positions_tell_how_many_of_the_id_were_sent_between_them_even_past_the_history(layer: Any) -> None:
+    start = await layer.newest("g")
+    first = await send(layer, "g", "one")
+    await send(layer, "other", "not g's")  # another id's notifications do not count
+    rest = await send(layer, "g", *(f"n{i}" for i in range(11)))  # more than the 5 kept
+    replay = await layer.resume("g", first[0], None, take=False)
+    assert replay.recovered is False and replay.newest == rest[-1]
+    assert sent_between(first[0], replay.newest) == 11
+    assert sent_between(start, replay.newest) == 12
+    # So a connection whose last one was ``first`` lost exactly the 6 not kept.
+    assert sent_between(first[0], replay.newest) - len(replay.notifications) == 6
+    assert sent_between(replay.newest, first[0]) is None  # backwards: unknown, never negative
+    assert sent_between(first[0], "another-epoch:1-40") is None

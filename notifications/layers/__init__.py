@@ -79,10 +79,11 @@ MAX_POSITION_LENGTH = 200
 
 
 def position_order(position: object) -> tuple[str, int, int] | None:
-    """``(epoch, major, minor)`` of a position made by the app's layers (``<epoch>:<major>[-<minor>]``), else None.
+    """``(epoch, major, n)`` of a position made by the app's layers (``<epoch>:<major>-<n>``), else None.
 
-    Positions of one epoch sort by ``(major, minor)``; positions of different
-    epochs do not compare at all (the history they belong to is gone).
+    Positions of one epoch sort by ``(major, n)``; positions of different
+    epochs do not compare at all (the history they belong to is gone). ``n``
+    counts the id's notifications: its n-th has ``n`` (0: none yet).
     """
     if not isinstance(position, str) or len(position) > MAX_POSITION_LENGTH:
         return None
@@ -93,6 +94,25 @@ def position_order(position: object) -> tuple[str, int, int] | None:
     if dash and not (minor.isascii() and minor.isdigit()):
         return None
     return epoch, int(major), int(minor or 0)
+
+
+def id_sequence(position: str | None) -> int | None:
+    """How many notifications the position's id had had up to it: the ``n`` of ``<epoch>:<major>-<n>``."""
+    order = position_order(position)
+    return order[2] if order is not None else None
+
+
+def sent_between(cursor: str | None, newest: str | None) -> int | None:
+    """How many notifications of an id were sent after ``cursor`` up to ``newest``; None if unknown.
+
+    Known when both are positions of one epoch whose ``n`` counts on from the
+    cursor's (an id forgotten after :data:`META_TTL`, or a Redis that lost
+    writes, counts from an earlier number again).
+    """
+    mine, theirs = position_order(cursor), position_order(newest)
+    if mine is None or theirs is None or mine[0] != theirs[0] or theirs[2] < mine[2]:
+        return None
+    return theirs[2] - mine[2]
 
 
 def is_after(position: str, other: str | None) -> bool:

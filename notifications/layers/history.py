@@ -1,8 +1,9 @@
 """Kept notifications in one process's memory: each id's history, its pending ones, and a global bound.
 
 Used by :class:`notifications.layers.memory.InMemoryLayer`. Every
-notification sent to an id gets a position (``<epoch>:<sequence>``; the
-epoch is new in every process, so positions never repeat after a restart)
+notification sent to an id gets a position (``<epoch>:<sequence>-<n>``: the
+epoch is new in every process, so positions never repeat after a restart; the
+sequence counts every id's notifications, ``n`` this id's while it is remembered)
 and stays for ``ttl`` seconds, among the newest ``size`` of its id, and
 among the newest ``max_entries`` of all ids together. A pending one is also
 kept until the id's next registration takes it.
@@ -20,7 +21,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from notifications.layers import META_TTL, KeptNotification, Replay, is_after, position_order
+from notifications.layers import META_TTL, KeptNotification, Replay, id_sequence, is_after, position_order
 
 
 @dataclass(slots=True, eq=False)
@@ -38,6 +39,7 @@ class _Id:
     # Nothing after ``floor`` was dropped: the newest dropped position, or (for a history that
     # began while nothing of the id was remembered) its first entry's.
     floor: str
+    count: int  # the id's notifications so far: the ``n`` of its newest position
     entries: deque[_Entry] = field(default_factory=deque)
     pending: deque[_Entry] = field(default_factory=deque)
 
@@ -70,11 +72,14 @@ class MemoryHistory:
         self._max_gone = max_entries
         self._expire(now)
         self._sequence += 1
-        entry = _Entry(group, f"{self.epoch}:{self._sequence}", text, now + ttl)
         kept = self._ids.get(group)
         if kept is None:
             gone = self._gone.pop(group, None)
-            kept = self._ids[group] = _Id(floor=gone[0] if gone is not None and gone[1] > now else entry.position)
+            remembered = gone[0] if gone is not None and gone[1] > now else None
+            kept = self._ids[group] = _Id(floor=remembered or "", count=id_sequence(remembered) or 0)
+        kept.count += 1
+        entry = _Entry(group, f"{self.epoch}:{self._sequence}-{kept.count}", text, now + ttl)
+        kept.floor = kept.floor or entry.position
         kept.entries.append(entry)
         self._order.append(entry)
         self._kept += 1
@@ -119,7 +124,7 @@ class MemoryHistory:
         if kept is not None:
             return kept.entries[-1].position
         gone = self._gone.pop(group, None)
-        position = gone[0] if gone is not None and gone[1] > now else f"{self.epoch}:0"
+        position = gone[0] if gone is not None and gone[1] > now else f"{self.epoch}:0-0"
         self._gone[group] = (position, now + META_TTL)
         while len(self._gone) > self._max_gone:
             self._gone.popitem(last=False)

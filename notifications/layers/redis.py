@@ -173,6 +173,7 @@ end
 
 # KEYS: the group's channel, its history (a stream), its pending set (a sorted set), the epoch, its meta
 # (a hash: "last", the newest stream id; "floor", nothing after it was dropped).
+# Stream ids are "<milliseconds>-<n>", n counting the id's notifications while its meta is remembered.
 # ARGV: the payload to publish, HISTORY_SIZE, HISTORY_TTL in ms, 1 if pending is on, META_TTL in ms, the group's tag.
 # Returns {subscribers that received it, its position}.
 SEND_KEPT = (
@@ -180,8 +181,15 @@ SEND_KEPT = (
     + """
 local epoch = epoch_of(KEYS[4])
 local fresh = redis.call('EXISTS', KEYS[2]) == 0
-local id = redis.call('XADD', KEYS[2], '*', 'p', ARGV[1])
-local sent_at = tonumber(string.match(id, '^(%d+)'))
+-- The stream id is <milliseconds>-<n>: the time it was sent (never before the previous one's),
+-- and n counts the id's notifications, so that a connection can tell how many it missed.
+local prev = redis.call('HGET', KEYS[5], 'last') or '0-0'
+local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
+if top and older(prev, top[1]) then prev = top[1] end
+local prev_ms, prev_n = string.match(prev, '^(%d+)-(%d+)$')
+local t = redis.call('TIME')
+local sent_at = math.max(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), tonumber(prev_ms))
+local id = redis.call('XADD', KEYS[2], string.format('%d-%d', sent_at, tonumber(prev_n) + 1), 'p', ARGV[1])
 -- Each entry expires HISTORY_TTL after it was sent, not when the key does.
 local floor = trim(KEYS[2], tonumber(ARGV[2]), sent_at - tonumber(ARGV[3]))
 if fresh and not floor then
