@@ -189,6 +189,33 @@ def check_history(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     return errors
 
 
+# The stop timeouts of deploy/supervisor and deploy/systemd (30 s) hold the drain, the closing
+# handshakes and the registry's removal of the process's rows (up to 5 s each).
+MAX_DRAIN_SECONDS = 20.0
+
+
+@register()
+def check_drain(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    seconds = raw("DRAIN_SECONDS")
+    if not _is_seconds(seconds):
+        return [
+            Error(
+                f"NOTIFICATIONS_DRAIN_SECONDS is {seconds!r}; it must be a positive number of seconds.",
+                id="notifications.E024",
+            )
+        ]
+    if seconds > MAX_DRAIN_SECONDS:
+        return [
+            Warning(
+                f"NOTIFICATIONS_DRAIN_SECONDS is {seconds:g}: longer than the {MAX_DRAIN_SECONDS:g} s the deploy "
+                "files' stop timeouts (30 s) leave for it, so a stop may kill the process mid-drain.",
+                hint="Raise stopwaitsecs (supervisord) and TimeoutStopSec (systemd) to at least the drain plus 10 s.",
+                id="notifications.W002",
+            )
+        ]
+    return []
+
+
 @register(Tags.security)
 def check_api_keys(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     keys = raw("API_KEYS")

@@ -35,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "HISTORY_TTL": 600.0,
     "HISTORY_MAX_ENTRIES": 100_000,
     "PENDING": True,
+    "DRAIN_SECONDS": 5.0,
 }
 
 
@@ -163,6 +164,14 @@ class Settings:
     def PENDING(self) -> bool:
         """Whether a notification that no registration received waits for the id's next registration."""
         return raw("PENDING")  # type: ignore[no-any-return]
+
+    @property
+    def DRAIN_SECONDS(self) -> float:
+        """Seconds over which a stopping server process closes its WebSockets with 4012, evenly spread.
+
+        The deploy files' stop timeouts (30 s) leave room for up to 20 s of it.
+        """
+        return raw("DRAIN_SECONDS")  # type: ignore[no-any-return]
 
     @property
     def KEEPS(self) -> bool:

@@ -21,6 +21,7 @@ REPLAYED = "replayed"  # kept notifications (pending, or from the history on res
 CAUGHT_UP = "caught_up"  # ... of which: sent after the channel layer lost them for a while (a Redis reconnect)
 REDIS_SILENT = "redis_silent"  # pub/sub connections dropped because Redis stopped answering (made again)
 CONTINUITY_LOST = "continuity_lost"  # registrations that could not be caught up after such a gap
+DRAINED = "drained"  # WebSockets closed with 4012 as the process stopped (a graceful drain)
 
 
 def snapshot() -> dict[str, int]:

@@ -132,6 +132,7 @@ APP_SETTINGS: dict[str, Callable[[Mapping[str, str], str], Any]] = {
     "HISTORY_TTL": lambda environ, name: env_seconds(environ, name, 1.0),
     "HISTORY_MAX_ENTRIES": _integer(1),
     "PENDING": lambda environ, name: env_bool(environ, name, True),
+    "DRAIN_SECONDS": lambda environ, name: env_seconds(environ, name, 5.0),
 }
 
 

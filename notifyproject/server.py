@@ -1,6 +1,7 @@
 """Start daphne on uvloop: ``python -m notifyproject.server [daphne options] notifyproject.asgi:application``.
 
-``bin/daphne`` starts every daphne this way. daphne runs Twisted on an
+``bin/daphne`` starts every daphne this way: daphne's command line with the
+app's graceful drain on SIGTERM (:mod:`notifications.launch`). daphne runs Twisted on an
 asyncio loop that it creates when its server module is imported, so the loop
 policy must be set before daphne is imported. uvloop's loop makes the relay
 measurably cheaper (README, Benchmark); where uvloop is not installed
@@ -19,9 +20,9 @@ def main() -> None:
         pass
     else:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    from daphne.cli import CommandLineInterface
+    from notifications.launch import main as daphne
 
-    CommandLineInterface.entrypoint()
+    daphne()
 
 
 if __name__ == "__main__":

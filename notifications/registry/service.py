@@ -30,7 +30,7 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 
-from notifications import metrics
+from notifications import drain, metrics
 from notifications.conf import conf
 from notifications.models import Connection, ServerProcess, field_length
 from notifications.registry.state import Batch, ConnectionTable
@@ -95,10 +95,15 @@ class Registry:
             reactor.callWhenRunning(self._start_under_twisted, reactor)
 
     def _start_under_twisted(self, reactor: Any) -> None:
+        async def after_the_drain() -> None:
+            # A draining process still serves its connections for a few seconds: their rows stay until then.
+            await drain.finished()
+            await self.aclose()
+
         def before_shutdown() -> Any:
             from twisted.internet.defer import Deferred
 
-            return Deferred.fromFuture(asyncio.ensure_future(self.aclose()))
+            return Deferred.fromFuture(asyncio.ensure_future(after_the_drain()))
 
         reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)
         # Startup triggers fire before the asyncio loop runs; a delayed call runs inside it.

@@ -14,6 +14,19 @@ validate, deliver and account for failures the same way::
 Errors are :class:`notifications.exceptions.InvalidNotification` (an unusable
 id or message) and :class:`notifications.exceptions.DeliveryFailed`.
 
+Every function takes ``on_commit=True``: inside a transaction
+(``transaction.atomic``, ``ATOMIC_REQUESTS``), the notification is handed over
+only when the transaction commits, never on a rollback, so that a page that
+reacts to it reads committed data; it then returns None (what became of it is
+logged, and a failure counted, as always). Outside a transaction it is sent
+at once and the result returned, as without it. The id and message are
+checked at the call either way::
+
+    with transaction.atomic():
+        task.status = "done"
+        task.save()
+        send(task.owner_uuid, "done", on_commit=True)
+
 Where a notification goes is ``NOTIFICATIONS_SEND_THROUGH``: through the
 channel layer (:mod:`.delivery`), or through the running server's WebSocket
 (:mod:`.through_server`). ``"auto"``, the default, takes the channel layer
@@ -25,16 +38,17 @@ serves nobody (a shell, a cron script, a worker).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast, overload
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer
-from django.db import DatabaseError
+from django.db import DatabaseError, transaction
 
 from notifications import presence, server
 from notifications.conf import conf
@@ -100,20 +114,44 @@ def _server_to_use(server_url: str | None) -> str | None:
     return None
 
 
-async def asend(recipient: str, message: object, *, server_url: str | None = None) -> SendResult:
+@overload
+async def asend(
+    recipient: str, message: object, *, server_url: str | None = ..., on_commit: Literal[False] = ...
+) -> SendResult: ...
+@overload
+async def asend(
+    recipient: str, message: object, *, server_url: str | None = ..., on_commit: bool
+) -> SendResult | None: ...
+async def asend(
+    recipient: str, message: object, *, server_url: str | None = None, on_commit: bool = False
+) -> SendResult | None:
     """Deliver ``message`` to every connection registered as ``recipient``.
 
     A string is delivered as-is; anything else as its JSON text. Raises
     :class:`InvalidNotification` for an unusable id or message, and
     :class:`DeliveryFailed` when it cannot be handed over (also counted and
     logged at WARNING). ``server_url`` sends through that server's WebSocket
-    instead of the channel layer.
+    instead of the channel layer. ``on_commit``: see the module's docstring.
     """
+    if on_commit:
+        _checked(recipient, message, 0, 1)
+        if await _put_off(lambda: send(recipient, message, server_url=server_url)):
+            return None
     (result,) = await asend_many([(recipient, message)], server_url=server_url)
     return result
 
 
-async def asend_many(notifications: Iterable[tuple[str, object]], *, server_url: str | None = None) -> list[SendResult]:
+@overload
+async def asend_many(
+    notifications: Iterable[tuple[str, object]], *, server_url: str | None = ..., on_commit: Literal[False] = ...
+) -> list[SendResult]: ...
+@overload
+async def asend_many(
+    notifications: Iterable[tuple[str, object]], *, server_url: str | None = ..., on_commit: bool
+) -> list[SendResult] | None: ...
+async def asend_many(
+    notifications: Iterable[tuple[str, object]], *, server_url: str | None = None, on_commit: bool = False
+) -> list[SendResult] | None:
     """:func:`asend` for several notifications, in order, with one registry query.
 
     Every notification is checked before any is sent: an unusable one raises
@@ -124,6 +162,8 @@ async def asend_many(notifications: Iterable[tuple[str, object]], *, server_url:
     items = [_checked(recipient, message, index, len(pending)) for index, (recipient, message) in enumerate(pending)]
     if not items:
         return []
+    if on_commit and await _put_off(lambda: send_many(items, server_url=server_url)):
+        return None
     counts = await _read_registry(presence.connection_counts, [recipient for recipient, _ in items])
     results = [SendResult(recipient, counts.get(recipient) if counts is not None else None) for recipient, _ in items]
     url = _server_to_use(server_url)
@@ -154,7 +194,13 @@ def _checked(recipient: object, message: object, index: int, total: int) -> tupl
         raise InvalidNotification(f"item {index}: {exc}") from None
 
 
-async def abroadcast(message: object, *, server_url: str | None = None) -> SendResult:
+@overload
+async def abroadcast(
+    message: object, *, server_url: str | None = ..., on_commit: Literal[False] = ...
+) -> SendResult: ...
+@overload
+async def abroadcast(message: object, *, server_url: str | None = ..., on_commit: bool) -> SendResult | None: ...
+async def abroadcast(message: object, *, server_url: str | None = None, on_commit: bool = False) -> SendResult | None:
     """Deliver ``message`` to every connection that registered at least one id.
 
     ``live_connections`` is how many such connections the registry held.
@@ -164,6 +210,8 @@ async def abroadcast(message: object, *, server_url: str | None = None) -> SendR
     receives it once per id.
     """
     text = message_text(message)
+    if on_commit and await _put_off(lambda: broadcast(text, server_url=server_url)):
+        return None
     live = await _read_registry(presence.registered_connection_count)
     url = _server_to_use(server_url)
     if url is not None:
@@ -176,7 +224,13 @@ async def abroadcast(message: object, *, server_url: str | None = None) -> SendR
     return SendResult(None, live)
 
 
-async def asend_to_connections(channel_names: Iterable[str], message: object) -> int:
+@overload
+async def asend_to_connections(
+    channel_names: Iterable[str], message: object, *, on_commit: Literal[False] = ...
+) -> int: ...
+@overload
+async def asend_to_connections(channel_names: Iterable[str], message: object, *, on_commit: bool) -> int | None: ...
+async def asend_to_connections(channel_names: Iterable[str], message: object, *, on_commit: bool = False) -> int | None:
     """Deliver ``message`` to particular connections, whatever ids they registered.
 
     ``channel_names`` come from the registry (:class:`~notifications.models.Connection`).
@@ -185,6 +239,9 @@ async def asend_to_connections(channel_names: Iterable[str], message: object) ->
     unusable message.
     """
     text = message_text(message)
+    channel_names = list(channel_names)
+    if on_commit and await _put_off(lambda: send_to_connections(channel_names, text)):
+        return None
     channel_layer()  # no layer at all raises DeliveryFailed, before any is counted
     reached = 0
     for channel_name in channel_names:
@@ -192,24 +249,81 @@ async def asend_to_connections(channel_names: Iterable[str], message: object) ->
     return reached
 
 
-def send(recipient: str, message: object, *, server_url: str | None = None) -> SendResult:
+@overload
+def send(
+    recipient: str, message: object, *, server_url: str | None = ..., on_commit: Literal[False] = ...
+) -> SendResult: ...
+@overload
+def send(recipient: str, message: object, *, server_url: str | None = ..., on_commit: bool) -> SendResult | None: ...
+def send(
+    recipient: str, message: object, *, server_url: str | None = None, on_commit: bool = False
+) -> SendResult | None:
     """Synchronous :func:`asend`, for views, commands, tasks and the shell."""
-    return async_to_sync(asend)(recipient, message, server_url=server_url)
+    return _sync(asend, recipient, message, server_url=server_url, on_commit=on_commit)
 
 
-def send_many(notifications: Iterable[tuple[str, object]], *, server_url: str | None = None) -> list[SendResult]:
+@overload
+def send_many(
+    notifications: Iterable[tuple[str, object]], *, server_url: str | None = ..., on_commit: Literal[False] = ...
+) -> list[SendResult]: ...
+@overload
+def send_many(
+    notifications: Iterable[tuple[str, object]], *, server_url: str | None = ..., on_commit: bool
+) -> list[SendResult] | None: ...
+def send_many(
+    notifications: Iterable[tuple[str, object]], *, server_url: str | None = None, on_commit: bool = False
+) -> list[SendResult] | None:
     """Synchronous :func:`asend_many`."""
-    return async_to_sync(asend_many)(list(notifications), server_url=server_url)
+    return _sync(asend_many, list(notifications), server_url=server_url, on_commit=on_commit)
 
 
-def broadcast(message: object, *, server_url: str | None = None) -> SendResult:
+@overload
+def broadcast(message: object, *, server_url: str | None = ..., on_commit: Literal[False] = ...) -> SendResult: ...
+@overload
+def broadcast(message: object, *, server_url: str | None = ..., on_commit: bool) -> SendResult | None: ...
+def broadcast(message: object, *, server_url: str | None = None, on_commit: bool = False) -> SendResult | None:
     """Synchronous :func:`abroadcast`."""
-    return async_to_sync(abroadcast)(message, server_url=server_url)
+    return _sync(abroadcast, message, server_url=server_url, on_commit=on_commit)
 
 
-def send_to_connections(channel_names: Iterable[str], message: object) -> int:
+@overload
+def send_to_connections(channel_names: Iterable[str], message: object, *, on_commit: Literal[False] = ...) -> int: ...
+@overload
+def send_to_connections(channel_names: Iterable[str], message: object, *, on_commit: bool) -> int | None: ...
+def send_to_connections(channel_names: Iterable[str], message: object, *, on_commit: bool = False) -> int | None:
     """Synchronous :func:`asend_to_connections`, for the admin action and other sync code."""
-    return async_to_sync(asend_to_connections)(list(channel_names), message)
+    return _sync(asend_to_connections, list(channel_names), message, on_commit=on_commit)
+
+
+# Sending on commit.
+
+
+async def _put_off(hand_over: Callable[[], object]) -> bool:
+    """Whether ``hand_over`` was put off until the current transaction commits (False: not in one, send now).
+
+    The check and ``transaction.on_commit`` run on the thread of the caller's
+    database connection (asgiref's thread-sensitive ``sync_to_async``
+    returns to the thread that called ``async_to_sync``), so a sync view's
+    ``atomic`` block is the one seen here.
+    """
+    return await sync_to_async(_on_commit_if_in_transaction)(hand_over)
+
+
+def _on_commit_if_in_transaction(hand_over: Callable[[], object]) -> bool:
+    if not transaction.get_connection().in_atomic_block:
+        return False
+    transaction.on_commit(lambda: _hand_over_committed(hand_over), robust=True)
+    return True
+
+
+def _hand_over_committed(hand_over: Callable[[], object]) -> None:
+    # A failure is counted and logged where it failed; the transaction is committed and its caller gone.
+    with contextlib.suppress(DeliveryFailed):
+        hand_over()
+
+
+def _sync(function: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+    return async_to_sync(function)(*args, **kwargs)
 
 
 # The registry's counts: a failure to read them never stops a notification.

@@ -1,0 +1,97 @@
+"""daphne's command line with a graceful drain: ``python -m notifications.launch [daphne options] app``.
+
+The same options and behaviour as ``daphne``, except on SIGTERM (or
+SIGINT): before daphne cancels its applications and drops its sockets,
+:func:`notifications.drain.drain` closes every WebSocket with 4012, spread
+over ``NOTIFICATIONS_DRAIN_SECONDS``. daphne's own shutdown step
+(``kill_all_applications``, a Twisted "before shutdown" trigger) is where the
+drain hooks in: the subclass runs the drain first and daphne's step after it.
+
+Importing this module imports ``daphne.server``, which installs Twisted's
+asyncio reactor on a loop of its own: choose the event loop policy (uvloop)
+before, as :func:`main` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from daphne.cli import CommandLineInterface
+from daphne.server import Server
+from daphne.ws_protocol import WebSocketProtocol
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.python.failure import Failure
+
+from notifications import drain
+
+logger = logging.getLogger(__name__)
+
+
+def _log_failure(failure: Failure) -> None:
+    logger.error("The drain failed (the process stops anyway): %s", failure.getErrorMessage())
+
+
+class _WebSocket:
+    """One of daphne's WebSocket connections, as the drain sees it."""
+
+    def __init__(self, protocol: WebSocketProtocol) -> None:
+        self.protocol = protocol
+
+    def is_open(self) -> bool:
+        return bool(self.protocol.state == self.protocol.STATE_OPEN)
+
+    def close(self, code: int, reason: str) -> None:
+        self.protocol.sendClose(code=code, reason=reason)
+
+
+class DrainingServer(Server):
+    """daphne's server, which drains its WebSockets before it stops."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ports: list[Any] = []
+
+    def listen_success(self, port: Any) -> None:
+        self.ports.append(port)
+        super().listen_success(port)
+
+    def kill_all_applications(self) -> Deferred[Any]:
+        drained: Deferred[Any] = Deferred.fromFuture(
+            asyncio.ensure_future(drain.drain(self._stop_accepting, self._websockets, self._websockets_gone))
+        )
+        drained.addErrback(_log_failure)  # never blocks the exit
+        drained.addBoth(lambda _: super(DrainingServer, self).kill_all_applications())
+        return drained
+
+    async def _stop_accepting(self) -> None:
+        ports, self.ports = self.ports, []
+        for port in ports:
+            await maybeDeferred(port.stopListening).asFuture(asyncio.get_running_loop())
+
+    def _websockets(self) -> list[_WebSocket]:
+        return [_WebSocket(p) for p in list(self.connections) if isinstance(p, WebSocketProtocol)]
+
+    def _websockets_gone(self) -> bool:
+        """Every WebSocket closed, and its application done with it (its consumer left its groups)."""
+        for protocol, details in list(self.connections.items()):
+            if not isinstance(protocol, WebSocketProtocol):
+                continue
+            application = details.get("application_instance")
+            if not details.get("disconnected") or (application is not None and not application.done()):
+                return False
+        return True
+
+
+class DrainingCommandLine(CommandLineInterface):
+    server_class = DrainingServer
+
+
+def main() -> None:
+    """daphne's command line with the drain (``notifyproject.server`` chooses uvloop, then calls this)."""
+    DrainingCommandLine.entrypoint()
+
+
+if __name__ == "__main__":
+    main()
