@@ -33,7 +33,7 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, str | None]]:
     """(label, JSON path, target) for every line of the table."""
     options = report["options"]
     lines: list[tuple[str, str, str | None]] = []
-    scenarios = options.get("scenarios", ["mass", "idle", "relay"])
+    scenarios = options.get("scenarios", ["mass", "idle", "relay", "resume"])
     for rate in options["rates"] if "relay" in scenarios else ():
         key = f"rate_{rate}"
         relative = "<= 10x baseline" if rate == 2000 else None
@@ -53,10 +53,24 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, str | None]]:
             ("saturation: offered (sent) msgs/s", "saturation.send_rate", None),
             ("saturation: lost / duplicated / misrouted", LOSS, "0"),
             ("saturation: dropped, as the server logged", "saturation.server_undeliverable_logged", "0"),
+            (
+                "saturation: undeliverable / pending, as the server counted",
+                "saturation.server_undeliverable|saturation.server_pending",
+                None,
+            ),
+            ("saturation: undeliverable by reason", "saturation.server_undeliverable_by_reason", None),
+            ("saturation: unaccounted (sent, not received, not counted)", "saturation.unaccounted", "0"),
+            ("saturation: times a sender's socket was paused", "saturation.server_reads_paused", None),
             ("saturation: server CPU per msg (µs)", "saturation.cpu_us_per_msg", None),
             ("saturation: latency p99 (ms)", "saturation.latency_p99_ms", None),
         ]
     )
+    if "resume" in scenarios:
+        lines += [
+            ("resume of 100 missed: recovered / rounds", "resume.recovered|resume.rounds", "all"),
+            ("resume of 100 missed: time p50 / p99 (ms)", "resume.resume_ms_p50|resume.resume_ms_p99", None),
+            ("resume of 100 missed: server CPU (ms)", "resume.server_cpu_ms_per_resume", None),
+        ]
     for count in options["connections"] if "idle" in scenarios else ():
         key = f"idle_{count}"
         lines += [

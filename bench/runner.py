@@ -21,12 +21,14 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import psutil
 import redis
 
+from harness.clients import open_client, receive_json, register_v2, send_v2
 from harness.servers import ROOT, RedisServer, free_port, run_python, start_daphne, wait_for_port
 
 RECEIVERS = 100
@@ -43,7 +45,12 @@ SETTINGS_VARIANTS: dict[str, dict[str, str]] = {
     "history-off": {"NOTIFY_HISTORY_SIZE": "0"},
 }
 SERVERS = ["baseline", "project", *SETTINGS_VARIANTS, *VARIANTS]
-SCENARIOS = ["mass", "idle", "relay"]
+SCENARIOS = ["mass", "idle", "relay", "resume"]
+# The resume scenario: a v2 client that missed RESUME_COUNT notifications comes back, RESUME_ROUNDS times.
+RESUME_COUNT = 100
+RESUME_ROUNDS = 20
+# What the server counts for each notification it could not hand to a client (metrics' names).
+UNDELIVERABLE_REASONS = ("layer_full", "not_reading", "missed")
 
 
 @dataclass
@@ -74,6 +81,7 @@ class Running:
     redis_pid: int | None = None
     prefix: str = ""
     stop: Any = None
+    counters: Any = None  # () -> the server's counters, summed over its processes (the project only)
 
     def rss(self) -> int:
         return sum(psutil.Process(pid).memory_info().rss for pid in self.pids)
@@ -134,7 +142,24 @@ class Environment:
             "REDIS_URL": self.redis_url_for_project(),
             "DATABASE_URL": self.database_url,
             "LOG_LEVEL": self.options.log_level,
+            # Each process writes its counters to the registry every second: the runner reads them there.
+            "NOTIFY_HEARTBEAT_INTERVAL": "1",
         }
+
+    def counters(self, not_before: float) -> dict[str, int]:
+        """The counters of every live project process, summed, as written after ``not_before`` (a time.time())."""
+        deadline = time.monotonic() + 15
+        while True:
+            done = run_python("manage.py", "notify_stats", "--json", env=self.env(), timeout=60)
+            if done.returncode != 0:
+                raise RuntimeError(f"manage.py notify_stats failed with {done.returncode}:\n{done.stderr}")
+            stats = json.loads(done.stdout)
+            beats = [datetime.fromisoformat(p["heartbeat_at"]).timestamp() for p in stats["processes"]]
+            if beats and min(beats) >= not_before:
+                return {str(k): int(v) for k, v in stats["total"]["counters"].items()}
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no process wrote its counters after the run: {stats}")
+            time.sleep(0.3)  # the next heartbeat, a second apart (the bench's own wait, not a test's)
 
     def migrate(self) -> None:
         if self.migrated:
@@ -184,6 +209,7 @@ def start_server(name: str, env_: Environment) -> Iterator[Running]:
             redis=client,
             redis_pid=redis_pid,
             prefix=prefix,
+            counters=env_.counters,
         )
     finally:
         for d in daphnes:
@@ -272,6 +298,7 @@ async def relay(server: Running, *, rate: int, seconds: float, limit: int, drain
     )
     await senders.expect("ready")
     cpu0, redis_cpu0, log0 = server.cpu(), server.redis_cpu(), server.log_size()
+    counters0 = await asyncio.to_thread(server.counters, time.time()) if server.counters else None
     senders.command("go")
     sent = await senders.expect("result", within=seconds + 120)
     expected = sum(sent["sent"])
@@ -280,6 +307,27 @@ async def relay(server: Running, *, rate: int, seconds: float, limit: int, drain
     cpu1, redis_cpu1 = server.cpu(), server.redis_cpu()
     await asyncio.gather(senders.finish(), receivers.finish())
     delivered = got["delivered"]
+    # What the server says became of what did not arrive: counted as undeliverable (by reason), or kept
+    # as pending for the next registration (the receivers closed at the end of the window).
+    accounted: dict[str, Any] = {}
+    if counters0 is not None:
+        counters1 = await asyncio.to_thread(server.counters, time.time())
+        delta = {name: counters1.get(name, 0) - counters0.get(name, 0) for name in {*counters0, *counters1}}
+        undeliverable = {reason: delta.get(reason, 0) for reason in UNDELIVERABLE_REASONS if delta.get(reason, 0)}
+        accounted = {
+            "server_relayed": delta.get("relayed", 0),
+            "server_delivered": delta.get("delivered", 0),
+            "server_undeliverable": delta.get("undeliverable", 0),
+            "server_undeliverable_by_reason": undeliverable,
+            "server_pending": delta.get("pending", 0) + delta.get("pending_again", 0),
+            "server_reads_paused": delta.get("reads_paused", 0),
+            # Sent, neither received nor accounted for by the server: silently lost (must be 0).
+            "unaccounted": expected
+            - delivered
+            - delta.get("undeliverable", 0)
+            - delta.get("pending", 0)
+            - delta.get("pending_again", 0),
+        }
     span = (got["last_ns"] - sent["start_ns"]) / 1e9 if delivered else 0.0
     latencies = got["latencies_ms"]
     return {
@@ -301,6 +349,7 @@ async def relay(server: Running, *, rate: int, seconds: float, limit: int, drain
         "receivers_closed": got["closed"],
         "server_log_errors": len(server.log_problems(log0)),
         "server_undeliverable_logged": server.undeliverable_logged(log0),
+        **accounted,
     }
 
 
@@ -372,6 +421,53 @@ async def idle(server: Running, *, count: int, workers: int, concurrency: int, s
     }
 
 
+async def resume(server: Running, *, count: int, rounds: int) -> dict[str, Any]:
+    """A v2 client that missed ``count`` notifications registers with ``since``: how long until it has them all.
+
+    Each round uses an id of its own: a client registers (v2), leaves, ``count``
+    notifications are sent to its id (each kept in its history, and pending),
+    and the client comes back with the position it had. Timed from its
+    registration to the last replayed notification; server CPU over the same span.
+    """
+    run = uuid.uuid4().hex[:8]
+    url = server.urls[0]
+    sender = await open_client(url)
+    seconds: list[float] = []
+    cpu = 0.0
+    recovered = 0
+    try:
+        for round_ in range(rounds):
+            recipient = f"resume-{run}-{round_}"
+            page = await open_client(url)
+            since = (await register_v2(page, recipient))["position"]
+            await page.close()
+            for i in range(count):
+                await send_v2(sender, recipient, f"{round_}:{i}")
+            page = await open_client(url)
+            cpu0, start = server.cpu(), time.perf_counter()
+            reply = await register_v2(page, recipient, since)
+            if reply["recovered"] is not True:  # a server that keeps nothing: nothing to time
+                await page.close()
+                continue
+            replayed = 0
+            while replayed < count:
+                replayed += (await receive_json(page, 30)).get("replayed") is True
+            seconds.append(time.perf_counter() - start)
+            cpu += server.cpu() - cpu0
+            recovered += reply["recovered"] is True
+            await page.close()
+    finally:
+        await sender.close()
+    return {
+        "notifications": count,
+        "rounds": rounds,
+        "recovered": recovered,
+        "resume_ms_p50": round(1000 * percentile(seconds, 50), 2) if seconds else None,
+        "resume_ms_p99": round(1000 * percentile(seconds, 99), 2) if seconds else None,
+        "server_cpu_ms_per_resume": round(1000 * cpu / len(seconds), 2) if seconds else None,
+    }
+
+
 async def attempt(scenario: Any) -> dict[str, Any]:
     """Run one scenario; a server that fails it is part of the result, not the end of the run."""
     try:
@@ -402,6 +498,10 @@ async def measure(name: str, env_: Environment, options: Options, progress: Any)
                     settle=options.settle,
                 )
             )
+    if "resume" in options.scenarios and name != "baseline":  # v1 only: nothing to resume
+        with start_server(name, env_) as server:
+            progress(f"{name}: resume {RESUME_COUNT} missed notifications, {RESUME_ROUNDS} times")
+            result["resume"] = await attempt(resume(server, count=RESUME_COUNT, rounds=RESUME_ROUNDS))
     if "relay" not in options.scenarios:
         return result
     with start_server(name, env_) as server:

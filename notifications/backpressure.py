@@ -1,4 +1,10 @@
-"""A client that stops reading: know it, hold its notifications up to a bound, send them when it reads again.
+"""Flow control both ways: a client that stops reading, and a client that sends faster than the server relays.
+
+A client that stops reading: know it, hold its notifications up to a bound,
+send them when it reads again (:func:`watch`, :class:`Backlog`). A client
+that sends faster than the process relays: stop reading its socket while its
+frames wait, so that TCP slows it down instead of the server's memory
+filling with frames it may never get to (:class:`ReadWindow`).
 
 ASGI has no flow control for ``websocket.send``: daphne hands every frame to
 Twisted, whose transport buffers whatever the socket does not take. A client
@@ -79,6 +85,59 @@ def watch(send: Any) -> WriteWindow | None:
     except RuntimeError:  # a producer is already registered, or the connection is gone
         return None
     return window
+
+
+# Frames of one client waiting for its consumer: reading its socket stops at the first bound
+# and starts again at the second. Small: each waiting frame is a notification not yet relayed.
+READ_PAUSE_AT = 64
+READ_RESUME_AT = 8
+
+
+class ReadWindow:
+    """Stop reading a client's socket while many of its frames wait to be handled, so that TCP slows it down.
+
+    daphne reads every frame as it arrives and queues it for the application
+    without a bound: a client (a back-end sending in bursts) that outruns the
+    process would grow that queue, the latency of every frame in it, and what
+    is lost if the process stops. Here the consumer looks at the queue as it
+    takes each frame and pauses the socket's reading (Twisted's
+    ``pauseProducing``) while ``READ_PAUSE_AT`` or more wait, until no more
+    than ``READ_RESUME_AT`` do. :func:`read_window` gives None under any
+    other server, and then nothing is paused.
+    """
+
+    def __init__(self, queue: asyncio.Queue[Any], transport: Any) -> None:
+        self._queue = queue
+        self._transport = transport
+        self.paused = False
+        self.pauses = 0
+
+    def took_one(self) -> None:
+        """Called as the consumer takes a frame from the client."""
+        waiting = self._queue.qsize()
+        if self.paused:
+            if waiting <= READ_RESUME_AT:
+                self.paused = False
+                self._transport.resumeProducing()
+        elif waiting >= READ_PAUSE_AT:
+            self.paused = True
+            self.pauses += 1
+            metrics.counters[metrics.READS_PAUSED] += 1
+            self._transport.pauseProducing()
+
+
+def read_window(receive: Any, send: Any) -> ReadWindow | None:
+    """A :class:`ReadWindow` for daphne's connection behind ``receive`` and ``send``, or None.
+
+    daphne's ``receive`` is its per-connection ``asyncio.Queue``'s ``get``;
+    its ``send`` a partial bound to the connection's protocol (see :func:`watch`).
+    """
+    queue = getattr(receive, "__self__", None)
+    args = getattr(send, "args", ())
+    transport = getattr(args[0], "transport", None) if args else None
+    if not isinstance(queue, asyncio.Queue) or not hasattr(transport, "pauseProducing"):
+        return None
+    return ReadWindow(queue, transport)
 
 
 class Backlog:

@@ -337,7 +337,12 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
             k for k in (replay.notifications if replay is not None else []) if is_after(k.position, registration.cursor)
         ]
         sent = sent_between(registration.cursor, replay.newest) if replay is not None else None
-        missed = "an unknown number of" if sent is None or sent < len(late) else str(sent - len(late))
+        if sent is None or sent < len(late):
+            missed = "an unknown number of"
+        else:
+            missed = str(sent - len(late))
+            metrics.counters[metrics.MISSED] += sent - len(late)
+            metrics.counters[metrics.UNDELIVERABLE] += sent - len(late)
         logger.warning(
             "Client %s (protocol v1) may have missed %s notifications of %s while the channel layer was away; "
             "%d still kept are sent now",
@@ -364,6 +369,7 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
                 kept = False
                 logger.warning("Could not make a notification pending again: %s: %s", type(exc).__name__, exc)
             if kept:
+                metrics.counters[metrics.PENDING_AGAIN] += 1
                 logger.info(
                     "Client %s left before it received a notification for %s: kept", self.temp_id, describe(recipient)
                 )
@@ -380,15 +386,14 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
         recipient: str | None = event.get("recipient")
         registration = self.registrations.get(recipient) if recipient is not None else None
         if recipient is None or registration is None:  # a broadcast, or to this connection alone
-            await self.backlog_send(self._untargeted(event["text"]), recipient, event)
-            return
-        position = event.get("position")
-        if position is not None and not registration.admit(position):
-            return  # a copy of one this connection has (replayed, or handed over twice)
-        if registration.v2:
-            await self.backlog_send(_message_frame(recipient, event["text"], position), recipient, event)
-            return
-        await self.backlog_send(event["text"], recipient, event)
+            text = self._untargeted(event["text"])
+        else:
+            position = event.get("position")
+            if position is not None and not registration.admit(position):
+                return  # a copy of one this connection has (replayed, or handed over twice)
+            text = _message_frame(recipient, event["text"], position) if registration.v2 else event["text"]
+        if await self.backlog_send(text, recipient, event):
+            metrics.counters[metrics.DELIVERED] += 1
 
     def _untargeted(self, text: str) -> str:
         """A notification to no id of this connection's: raw text, unless every registration is v2."""
@@ -399,25 +404,26 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
             )
         return text
 
-    async def backlog_send(self, text: str, recipient: object, event: dict[str, Any] | None = None) -> None:
-        """Send (or hold) one frame; ``event``, the notification it carries, is kept again if the connection goes."""
+    async def backlog_send(self, text: str, recipient: object, event: dict[str, Any] | None = None) -> bool:
+        """Send (or hold) one frame: True if it was; ``event``, the notification it carries, is kept again if not."""
         if not self.closing:
             if self.backlog is None:  # not accepted yet
                 sent = await self._send_text(text)
             else:
                 sent = await self.backlog.send(text, recipient)
             if sent:
-                return
+                return True
             if not self.closing:
                 # Dropped for a client that does not read (counted by the backlog). A v2 client must
                 # not go on with a hidden gap: closed, it resumes from the history when it reads again.
                 registration = self.registrations.get(recipient) if isinstance(recipient, str) else None
                 if registration is not None and registration.v2:
                     await self._close(CLOSE_CONTINUITY_LOST, "too many notifications waiting; resume")
-                return
+                return False
         # Closing, or gone as it was sent: the notification is not lost with the connection.
         if event is not None:
             await self._not_sent(event)
+        return False
 
     async def _sent(self, recipient: str, outcome: str | None, code: str | None = None) -> None:
         """The v2 reply to a send frame: what became of the notification."""

@@ -11,16 +11,20 @@ from collections import Counter
 counters: Counter[str] = Counter()
 
 CONNECTIONS_OPEN = "connections_open"
-RELAYED = "relayed"
+RELAYED = "relayed"  # notifications handed to the channel layer (sent by clients, the API, the command)
+DELIVERED = "delivered"  # notifications handed to a connection live (written, or waiting for a slow reader)
 UNDELIVERABLE = "undeliverable"  # every notification not delivered to a connection, whatever the cause
 LAYER_FULL = "layer_full"  # ... of which: a connection's channel-layer queue was full
 NOT_READING = "not_reading"  # ... of which: its client had stopped reading, NOTIFICATIONS_MAX_QUEUED_MESSAGES waited
 REJECTED_FRAMES = "rejected_frames"
 PENDING = "pending"  # notifications that no registration received, kept for the id's next one
+PENDING_AGAIN = "pending_again"  # ... that reached a connection as it left, kept for the id's next one
+MISSED = "missed"  # notifications a v1 connection lost while the channel layer was away (also undeliverable)
 REPLAYED = "replayed"  # kept notifications (pending, or from the history on resume) sent to a registration
 CAUGHT_UP = "caught_up"  # ... of which: sent after the channel layer lost them for a while (a Redis reconnect)
 REDIS_SILENT = "redis_silent"  # pub/sub connections dropped because Redis stopped answering (made again)
 CONTINUITY_LOST = "continuity_lost"  # registrations that could not be caught up after such a gap
+READS_PAUSED = "reads_paused"  # times a client's socket was not read while its frames waited (it sent too fast)
 DRAINED = "drained"  # WebSockets closed with 4012 as the process stopped (a graceful drain)
 
 

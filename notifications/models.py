@@ -126,6 +126,8 @@ class ServerProcess(models.Model):
     relayed = models.PositiveBigIntegerField("relayed", default=0)
     undeliverable = models.PositiveBigIntegerField("undeliverable", default=0)
     rejected_frames = models.PositiveBigIntegerField("ignored frames", default=0)
+    # Every counter of notifications.metrics, by name (the three above among them).
+    counters = models.JSONField("counters", default=dict, blank=True)
 
     objects = ServerProcessQuerySet.as_manager()
 

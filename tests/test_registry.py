@@ -121,13 +121,14 @@ async def test_a_killed_process_rows_vanish_within_the_bound_and_the_others_stay
 async def test_a_stopped_process_removes_its_rows_on_the_way_out(daphne: Daphne) -> None:
     clients = [await open_client(daphne.url) for _ in range(3)]
     await eventually(until(lambda r: len(r) == 3, daphne), seconds=SOON)
-    # daphne cancels its connections on SIGTERM without running disconnect();
-    # the process removes its rows itself, without waiting for the 30 s bound.
+    # On SIGTERM the process drains (each connection closed with 4012 leaves as usual),
+    # then removes its own rows, without waiting for the 30 s bound.
     daphne.stop(signal.SIGTERM)
     assert await rows(daphne) == {}
     assert await process_rows(daphne) == 0
-    assert "removed this process's 3 connection rows" in daphne.log()
-    del clients
+    assert "Drained: 3 WebSockets closed" in daphne.log()
+    assert "Registry: removed this process's" in daphne.log()
+    assert {ws.close_code for ws in clients} == {4012}
 
 
 async def test_a_new_process_purges_what_a_crashed_one_on_its_host_left_behind(

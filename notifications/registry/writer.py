@@ -7,6 +7,7 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from django.db import transaction
 from django.db.models.functions import Now
@@ -114,11 +115,13 @@ class DatabaseWriter:
     def write(self, batch: Batch) -> None:
         """Apply a batch and beat the heartbeat; :class:`ProcessGone` if this process's row is gone."""
         with transaction.atomic():
-            counters = {
+            counters: dict[str, Any] = {
                 "relayed": batch.counters.get(metrics.RELAYED, 0),
                 "undeliverable": batch.counters.get(metrics.UNDELIVERABLE, 0),
                 "rejected_frames": batch.counters.get(metrics.REJECTED_FRAMES, 0),
             }
+            if batch.counters:
+                counters["counters"] = batch.counters
             if not ServerProcess.objects.filter(pk=self.process_id).update(heartbeat_at=Now(), **counters):
                 raise ProcessGone
             if batch.new:
