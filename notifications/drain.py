@@ -13,8 +13,8 @@ crash. :class:`notifications.launch.DrainingServer` runs :func:`drain` first:
    their consumers still held is made pending again; then daphne stops as it
    always does, and the registry removes the process's rows (:func:`finished`).
 
-This module does not import daphne: the registry and the health views read
-:func:`is_draining` in any process.
+This module does not import daphne: the registry (:func:`finished`) and
+anything else that must know (:func:`is_draining`) use it in any process.
 """
 
 from __future__ import annotations
@@ -94,11 +94,14 @@ async def drain(
             if delay > 0:
                 await asyncio.sleep(delay)
             closed += _close(socket)
-        closed += sum(_close(s) for s in sockets() if s.is_open())  # opened meanwhile
-        metrics.counters[metrics.DRAINED] += closed
         deadline = time.monotonic() + GRACE_SECONDS
-        while not gone() and time.monotonic() < deadline:  # noqa: ASYNC110 (daphne offers no event for it)
-            await asyncio.sleep(0.05)
+        while True:
+            # Opened meanwhile: a handshake under way, or an upgrade on a connection accepted before the drain.
+            closed += sum(_close(s) for s in sockets() if s.is_open())
+            if gone() or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.05)  # daphne offers no event for it
+        metrics.counters[metrics.DRAINED] += closed
         logger.info("Drained: %d WebSockets closed in %.1f s", closed, time.monotonic() - started)
     finally:
         _drain.set_result(None)

@@ -60,6 +60,16 @@ def set_env_values(text: str, values: dict[str, str]) -> str:
     return text
 
 
+def put_env_values(text: str, values: dict[str, str]) -> str:
+    """The environment file ``text`` with the given settings: replaced where it names them, appended where not."""
+    for name, value in values.items():
+        if re.search(rf"^#? ?{name}=", text, flags=re.MULTILINE):
+            text = re.sub(rf"^#? ?{name}=.*$", f"{name}={value}", text, count=1, flags=re.MULTILINE)
+        else:
+            text = f"{text.rstrip(chr(10))}\n{name}={value}\n"
+    return text
+
+
 @dataclass
 class Supervisor:
     """supervisord from PyPI, run as the current user in a folder of its own, with the rendered program."""
@@ -184,12 +194,22 @@ class Deployment:
         self.supervisor.stop()
 
 
-def start_deployment(workdir: Path, *, settings: dict[str, str], nginx_binary: str | None) -> Deployment:
-    """Render deploy/, write the environment file with ``settings`` and start supervisord (and nginx)."""
+def start_deployment(
+    workdir: Path,
+    *,
+    settings: dict[str, str],
+    nginx_binary: str | None,
+    extra_settings: dict[str, str] | None = None,
+) -> Deployment:
+    """Render deploy/, write the environment file with ``settings`` and start supervisord (and nginx).
+
+    ``extra_settings`` may be settings the template does not name (or names in a comment): they are added.
+    """
     values = render_deploy(workdir, port=free_port(), listen_port=free_port())
     env_file = Path(values["ENV_FILE"])
     env_file.parent.mkdir(parents=True)
-    env_file.write_text(set_env_values((workdir / "deploy" / "notify.env").read_text(), settings))
+    text = set_env_values((workdir / "deploy" / "notify.env").read_text(), settings)
+    env_file.write_text(put_env_values(text, extra_settings or {}))
     Path(values["LOG_DIR"]).mkdir()
     Path(values["STATIC_ROOT"]).mkdir()  # collectstatic fills it (whitenoise warns while it is missing)
     supervisor = start_supervisord(workdir, workdir / "deploy" / "supervisor" / "notify.conf")
