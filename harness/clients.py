@@ -182,11 +182,13 @@ class AdminSession:
 NO_SINCE: Any = object()  # a v2 registration frame without "since" (None sends JSON null)
 
 
-def register_v2_frame(recipient: str, since: object = NO_SINCE) -> str:
+def register_v2_frame(recipient: str, since: object = NO_SINCE, token: str | None = None) -> str:
     """A v2 registration frame for ``recipient``, resuming from ``since`` unless it is :data:`NO_SINCE`."""
     body: dict[str, object] = {"recipient_uuid": recipient, "message": REGISTER_MESSAGE, "v": 2}
     if since is not NO_SINCE:
         body["since"] = since
+    if token is not None:
+        body["token"] = token
     return json.dumps(body)
 
 
@@ -200,10 +202,15 @@ async def receive_json(ws: ClientConnection, seconds: float = TIMEOUT) -> dict[s
 
 
 async def register_v2(
-    ws: ClientConnection, recipient: str, since: object = NO_SINCE, seconds: float = TIMEOUT
+    ws: ClientConnection,
+    recipient: str,
+    since: object = NO_SINCE,
+    seconds: float = TIMEOUT,
+    *,
+    token: str | None = None,
 ) -> dict[str, Any]:
-    """Send a v2 registration and return its reply, which must be the next frame."""
-    await ws.send(register_v2_frame(recipient, since))
+    """Send a v2 registration (with ``token`` in signed mode) and return its reply, which must be the next frame."""
+    await ws.send(register_v2_frame(recipient, since, token))
     reply = await receive_json(ws, seconds)
     if reply.get("type") != "registered" or reply.get("recipient_uuid") != recipient:
         raise AssertionError(f"expected the registered reply for {recipient!r}, got {reply!r}")

@@ -216,6 +216,33 @@ def check_drain(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     return []
 
 
+REGISTRATION_MODES = ("open", "signed")
+SENDER_MODES = ("anyone", "key", "none")
+
+
+@register(Tags.security)
+def check_access(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    mode = raw("REGISTRATION")
+    if mode not in REGISTRATION_MODES:
+        errors.append(
+            Error(
+                f"NOTIFICATIONS_REGISTRATION is {mode!r}; it must be one of {', '.join(REGISTRATION_MODES)}.",
+                id="notifications.E025",
+            )
+        )
+    errors += _positive_int("TOKEN_MAX_AGE", raw("TOKEN_MAX_AGE"), "notifications.E026")
+    senders = raw("WS_SENDERS")
+    if senders not in SENDER_MODES:
+        errors.append(
+            Error(
+                f"NOTIFICATIONS_WS_SENDERS is {senders!r}; it must be one of {', '.join(SENDER_MODES)}.",
+                id="notifications.E027",
+            )
+        )
+    return errors
+
+
 @register(Tags.security)
 def check_api_keys(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     keys = raw("API_KEYS")

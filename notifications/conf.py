@@ -36,6 +36,9 @@ DEFAULTS: dict[str, Any] = {
     "HISTORY_MAX_ENTRIES": 100_000,
     "PENDING": True,
     "DRAIN_SECONDS": 5.0,
+    "REGISTRATION": "open",
+    "TOKEN_MAX_AGE": 3600,
+    "WS_SENDERS": "anyone",
 }
 
 
@@ -172,6 +175,29 @@ class Settings:
         The deploy files' stop timeouts (30 s) leave room for up to 20 s of it.
         """
         return raw("DRAIN_SECONDS")  # type: ignore[no-any-return]
+
+    @property
+    def REGISTRATION(self) -> str:
+        """``"open"``: any client registers any id (protocol v1). ``"signed"``: only with a token for it.
+
+        See :mod:`notifications.tokens`.
+        """
+        return raw("REGISTRATION")  # type: ignore[no-any-return]
+
+    @property
+    def TOKEN_MAX_AGE(self) -> int:
+        """Seconds a registration token made without ``max_age`` is good for."""
+        return raw("TOKEN_MAX_AGE")  # type: ignore[no-any-return]
+
+    @property
+    def WS_SENDERS(self) -> str:
+        """Who may send over the WebSocket: ``"anyone"`` (protocol v1), ``"key"``, ``"none"``.
+
+        ``"key"``: connections whose handshake carried ``Authorization: Bearer``
+        with one of ``API_KEYS``, or the project's own server-side key (see
+        :func:`notifications.senders.server_key`). ``"none"``: only the latter.
+        """
+        return raw("WS_SENDERS")  # type: ignore[no-any-return]
 
     @property
     def KEEPS(self) -> bool:

@@ -27,7 +27,9 @@ from notifications.protocol import (
     parse_frame,
 )
 from notifications.registry import registry
+from notifications.senders import websocket_sender_refusal
 from notifications.sending.delivery import EVENT_TYPE, deliver, drain, keep_pending, newest, resume
+from notifications.tokens import check_registration_token
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +97,11 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
         self.in_broadcast = False  # joined the broadcast group (with the first registration)
         self.backlog: backpressure.Backlog | None = None
         self.closing = False  # a close was asked for: nothing more is sent
+        self.send_refusal: tuple[str, str] | None = None  # why this connection may not send (WS_SENDERS)
+        self.sends_refused = 0
 
     async def connect(self) -> None:
+        self.send_refusal = websocket_sender_refusal(_header(self.scope, b"authorization"))
         await self.accept()
         self.backlog = backpressure.Backlog(self._send_text, backpressure.watch(self.base_send), self.temp_id)
         await self.send(text_data=GREETING)
@@ -129,6 +134,8 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
             metrics.counters[metrics.UNDELIVERABLE] += unsent
             logger.warning("Client %s left with %d notifications unsent", self.temp_id, unsent)
         metrics.counters[metrics.CONNECTIONS_OPEN] -= 1
+        if self.sends_refused > 1:
+            logger.warning("Client %s had %d sends refused in all", self.temp_id, self.sends_refused)
         logger.info(
             "Client %s disconnected (code %s, %d ids). Connections total: %d",
             self.temp_id,
@@ -145,6 +152,9 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
             return
         action = parse_frame(text_data)
         if isinstance(action, Relay):
+            if self.send_refusal is not None:
+                await self._refuse_send(action)
+                return
             try:
                 kept = await deliver(action.recipient, action.text)
             except DeliveryFailed:
@@ -181,6 +191,14 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
                         "recovered": recovered,
                     }
                 )
+            return
+        if conf.REGISTRATION == "signed" and (refusal := check_registration_token(recipient, action.token)):
+            code, reason = refusal
+            metrics.counters[metrics.REGISTRATIONS_REFUSED] += 1
+            # The reason, never the token: a log is no place for a credential.
+            logger.warning("Client %s may not register %s: %s (%s)", self.temp_id, describe(recipient), reason, code)
+            if action.v2:
+                await self._refused(recipient, code, reason)
             return
         limit = conf.MAX_IDS_PER_CONNECTION
         if len(self.registrations) >= limit:
@@ -424,6 +442,22 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
         if event is not None:
             await self._not_sent(event)
         return False
+
+    async def _refuse_send(self, action: Relay) -> None:
+        """A send from a connection that may not send (``WS_SENDERS``): not relayed, counted, logged once."""
+        assert self.send_refusal is not None
+        code, reason = self.send_refusal
+        metrics.counters[metrics.SENDS_REFUSED] += 1
+        self.sends_refused += 1
+        if self.sends_refused == 1:  # once per connection: a client that insists does not flood the log
+            logger.warning(
+                "Client %s may not send (to %s, and any later one is refused too): %s",
+                self.temp_id,
+                describe(action.recipient),
+                reason,
+            )
+        if action.v2:
+            await self._sent(action.recipient, "refused", code)
 
     async def _sent(self, recipient: str, outcome: str | None, code: str | None = None) -> None:
         """The v2 reply to a send frame: what became of the notification."""

@@ -27,6 +27,7 @@ class Register:
     recipient: str
     v2: bool = False  # the frame said "v": 2: a "registered" reply, JSON notification frames
     since: object = NO_SINCE  # v2 only: the client's "since", unchecked (see notifications.layers.position_order)
+    token: object = None  # the frame's "token" (v1 or v2), unchecked (see notifications.tokens); None: none
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +103,10 @@ def parse_frame(text: str) -> Action:
         return Ignored("no message")
     message = data["message"]
     if message == REGISTER_MESSAGE:
+        token = data.get("token")
         if is_v2(data):
-            return Register(recipient, v2=True, since=data.get("since", NO_SINCE))
-        return Register(recipient)
+            return Register(recipient, v2=True, since=data.get("since", NO_SINCE), token=token)
+        return Register(recipient, token=token)
     try:
         return Relay(recipient, message_text(message), is_v2(data))
     except InvalidNotification as exc:

@@ -133,6 +133,9 @@ APP_SETTINGS: dict[str, Callable[[Mapping[str, str], str], Any]] = {
     "HISTORY_MAX_ENTRIES": _integer(1),
     "PENDING": lambda environ, name: env_bool(environ, name, True),
     "DRAIN_SECONDS": lambda environ, name: env_seconds(environ, name, 5.0),
+    "REGISTRATION": lambda environ, name: env_str(environ, name, "").lower(),
+    "TOKEN_MAX_AGE": _integer(1),
+    "WS_SENDERS": lambda environ, name: env_str(environ, name, "").lower(),
 }
 
 

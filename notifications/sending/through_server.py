@@ -16,6 +16,7 @@ from typing import Any
 from notifications import metrics
 from notifications.exceptions import DeliveryFailed, InvalidNotification
 from notifications.protocol import GREETING, REGISTER_MESSAGE
+from notifications.senders import server_key
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,12 @@ async def _hand_to_server(url: str, items: list[tuple[str, str]]) -> list[str | 
             "a registration); send it through a channel layer that reaches the server (Redis)"
         )
     try:
-        async with connect(url, open_timeout=SERVER_TIMEOUT, close_timeout=SERVER_TIMEOUT) as ws:
+        # The project's own key: a server that lets only keyed senders send (WS_SENDERS) lets this process.
+        key = server_key()
+        headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
+        async with connect(
+            url, open_timeout=SERVER_TIMEOUT, close_timeout=SERVER_TIMEOUT, additional_headers=headers
+        ) as ws:
             async with asyncio.timeout(SERVER_TIMEOUT + len(items) / 1000):
                 greeting = await ws.recv()
                 if greeting != GREETING:
@@ -105,7 +111,10 @@ def _outcome(data: Any, url: str, recipient: str) -> str | None:
     if not (isinstance(reply, dict) and reply.get("type") == "sent" and reply.get("recipient_uuid") == recipient):
         raise DeliveryFailed(f"the server at {url} answered a notification with {str(data)[:80]!r}, not a sent reply")
     if reply.get("outcome") == "refused":
-        raise DeliveryFailed(f"the server at {url} refused the notification ({reply.get('code')})")
+        raise DeliveryFailed(
+            f"the server at {url} refused the notification ({reply.get('code')}): it lets only its own processes "
+            "send (NOTIFY_WS_SENDERS), and this one's DJANGO_SECRET_KEY is not the server's (or is unset)"
+        )
     outcome = reply.get("outcome")
     return outcome if isinstance(outcome, str) else None
 
