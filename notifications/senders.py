@@ -14,15 +14,24 @@ from __future__ import annotations
 
 import hmac
 
+from django.core.exceptions import ImproperlyConfigured
 from django.utils.crypto import salted_hmac
 
 from notifications.conf import conf
 from notifications.tokens import TOKEN_INVALID, TOKEN_REQUIRED
 
 
-def server_key() -> str:
-    """The key the project's own processes present on the server's WebSocket (from ``SECRET_KEY``)."""
-    return salted_hmac("notifications.senders.server_key", "websocket sender", algorithm="sha256").hexdigest()
+def server_key() -> str | None:
+    """The key the project's own processes present on the server's WebSocket (from ``SECRET_KEY``).
+
+    None without a secret key (a second terminal beside ``bin/serve``, which
+    has none): such a process presents no key, which is all an open server
+    (``WS_SENDERS = "anyone"``, the default) needs.
+    """
+    try:
+        return salted_hmac("notifications.senders.server_key", "websocket sender", algorithm="sha256").hexdigest()
+    except ImproperlyConfigured:  # SECRET_KEY empty
+        return None
 
 
 def bearer(authorization: str) -> str | None:
@@ -49,9 +58,8 @@ def websocket_sender_refusal(authorization: str) -> tuple[str, str] | None:
     if mode == "anyone":
         return None
     presented = bearer(authorization)
-    if presented is not None and hmac.compare_digest(
-        presented.encode("utf-8", "surrogateescape"), server_key().encode()
-    ):
+    own = server_key()
+    if presented is not None and own is not None and hmac.compare_digest(_bytes(presented), own.encode()):
         return None
     if mode == "key":
         if is_api_key(presented):

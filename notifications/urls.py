@@ -10,6 +10,7 @@ app_name = "notifications"
 
 urlpatterns = [
     path("example/", views.example, name="example"),
+    path("example/token/", views.example_token, name="example-token"),
     path("send/", views.send_view, name="send"),
     path("api/notify/", views.api_notify, name="api-notify"),
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.html import json_script
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_safe
 
@@ -20,8 +23,13 @@ from notifications.conf import conf
 from notifications.exceptions import DeliveryFailed, InvalidNotification
 from notifications.senders import bearer, is_api_key
 from notifications.sending import SendResult, asend_many, send
+from notifications.tokens import registration_token
 
 EXAMPLE_PAGE = Path(__file__).resolve().parent / "templates" / "notifications" / "example.html"
+# The session key of the id that the example page receives as in signed mode.
+EXAMPLE_ID = "notifications.example_id"
+# The element the page reads its server's settings from (absent: open mode, anyone sends, or opened from disk).
+EXAMPLE_SETTINGS = "notify-page-settings"
 
 
 @require_safe
@@ -29,9 +37,53 @@ def example(request: HttpRequest) -> HttpResponse:
     """The example page: receive as the id after ``#``, send, watch what arrives.
 
     Sent as the file it is, never rendered as a template, so that the same file
-    also works opened from disk.
+    also works opened from disk. Only when the project is locked down does the
+    page get a JSON element before ``</head>`` that says so: in signed mode the
+    id of this browser session (made up on its first visit; the page may not
+    choose one) and a token for it; in the ``key`` and ``none`` sender modes,
+    that the page cannot send.
     """
-    return HttpResponse(EXAMPLE_PAGE.read_bytes(), content_type="text/html; charset=utf-8")
+    page = EXAMPLE_PAGE.read_bytes()
+    signed = conf.REGISTRATION == "signed"
+    if not signed and conf.WS_SENDERS == "anyone":
+        return HttpResponse(page, content_type="text/html; charset=utf-8")
+    values: dict[str, str] = {"registration": conf.REGISTRATION, "senders": conf.WS_SENDERS}
+    if signed:
+        recipient = request.session.get(EXAMPLE_ID)
+        if not isinstance(recipient, str):
+            recipient = request.session[EXAMPLE_ID] = str(uuid.uuid4())
+        values.update(
+            id=recipient, token=registration_token(recipient), tokenUrl=reverse("notifications:example-token")
+        )
+    head_end = page.index(b"</head>")
+    element = json_script(values, EXAMPLE_SETTINGS).encode()  # escapes <, > and &: no way out of the element
+    response = HttpResponse(
+        page[:head_end] + element + b"\n" + page[head_end:], content_type="text/html; charset=utf-8"
+    )
+    response["Cache-Control"] = "private, no-store"  # it holds a token, and this session's id
+    return response
+
+
+@require_safe
+def example_token(request: HttpRequest) -> HttpResponse:
+    """``GET /example/token/``: a fresh token for this session's example id, the example page's ``getToken``.
+
+    ``{"recipient_uuid": id, "token": token}``; ``?id=`` may say which id the
+    page asks for, and any other than the session's is refused (403). 404 when
+    registrations are open, 403 for a session that has no id (that never
+    opened /example/). Never a token for an id the request chose.
+    """
+    if conf.REGISTRATION != "signed":
+        return _error(404, "registrations are open (NOTIFICATIONS_REGISTRATION): the example page needs no token")
+    recipient = request.session.get(EXAMPLE_ID)
+    if not isinstance(recipient, str):
+        return _error(403, "this session has no example id: open /example/ first")
+    asked = request.GET.get("id")
+    if asked is not None and asked != recipient:
+        return _error(403, "a token is only for this session's own example id")
+    response = JsonResponse({"recipient_uuid": recipient, "token": registration_token(recipient)})
+    response["Cache-Control"] = "private, no-store"
+    return response
 
 
 # The pattern to copy: a Django view that pushes a notification from a request handler.

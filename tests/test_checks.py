@@ -53,6 +53,13 @@ BAD_SETTINGS: list[tuple[dict[str, Any], str]] = [
     ({"NOTIFICATIONS_HISTORY_TTL": "10m"}, "notifications.E021"),
     ({"NOTIFICATIONS_HISTORY_MAX_ENTRIES": 0}, "notifications.E022"),
     ({"NOTIFICATIONS_PENDING": "off"}, "notifications.E023"),
+    ({"NOTIFICATIONS_DRAIN_SECONDS": 0}, "notifications.E024"),
+    ({"NOTIFICATIONS_DRAIN_SECONDS": "5s"}, "notifications.E024"),
+    ({"NOTIFICATIONS_DRAIN_SECONDS": 60}, "notifications.W002"),  # longer than the stop timeouts leave room for
+    ({"NOTIFICATIONS_REGISTRATION": "closed"}, "notifications.E025"),
+    ({"NOTIFICATIONS_TOKEN_MAX_AGE": 0}, "notifications.E026"),
+    ({"NOTIFICATIONS_TOKEN_MAX_AGE": "1h"}, "notifications.E026"),
+    ({"NOTIFICATIONS_WS_SENDERS": "keys"}, "notifications.E027"),
     ({"CHANNEL_LAYERS": {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}}, "notifications.W001"),
     ({"CHANNEL_LAYERS": {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer"}}}, "notifications.W001"),
 ]

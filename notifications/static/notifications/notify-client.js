@@ -3,7 +3,11 @@
  * No build step: copy the file, or load it from a running server at /static/notifications/notify-client.js.
  *
  *   const client = new NotifyClient("ws://localhost:8765/", {
- *     ids: ["test-uuid"],                  // registered now and again, resuming, after every reconnect
+ *     ids: ["test-uuid"],                  // registered now and again, resuming, after every reconnect;
+ *                                          // in signed mode with a token: [{id: "test-uuid", token: "..."}]
+ *     getToken: (id) => fetchToken(id),    // signed mode: a fresh token for id (a string, or a promise
+ *                                          // of one), asked before every registration but the first
+ *                                          // of an id given with a token; null: register without one
  *     onMessage: (text, info) => {},       // each notification: the exact text sent, and
  *                                          // info = {id, position, replayed}: the id it was sent to, its
  *                                          // position (an opaque string, or null), and replayed: true when
@@ -11,12 +15,14 @@
  *     onGap: (id) => {},                   // some notifications of id could not be recovered: re-read
  *                                          // the application's state (what the notifications were about)
  *     onRefused: (id, code) => {},         // the server refused to register id: "limit", "unavailable",
- *                                          // "token-required", "token-invalid", "token-expired"
+ *                                          // "token-required", "token-invalid", "token-expired";
+ *                                          // or getToken failed: "token-unavailable" (retried)
  *     onState: (state, detail) => {},      // "connecting", "connected", "reconnecting", "closed";
  *                                          // when reconnecting, detail.delay: ms until the next try,
  *                                          // detail.code: the close code that ended the connection
  *   });
  *   client.register("another-id");         // up to 16 ids per connection (the server's limit)
+ *   client.register("third-id", token);    // with a token for its first registration (signed mode)
  *   client.send("someone-else", "hello");  // false when not connected (nothing is queued)
  *   client.close();                        // for good: no reconnect
  *
@@ -30,6 +36,18 @@
  * A server that speaks only protocol v1 answers nothing to a registration
  * and sends raw text: the client works as before (info.id and info.position
  * are then null). send() sends protocol v1 frames (no reply).
+ *
+ * Signed registrations: a server in signed mode registers an id only with a
+ * token that the application's server made for it (a view of the page's own
+ * site hands it out), and tokens expire. A token given with an id is used for
+ * its first registration; every registration after that (each reconnect, a
+ * resume) sends the token that getToken(id) gives then, so that a page open
+ * for days keeps registering. When the server answers "token-expired" the
+ * client asks getToken once more and registers again before giving up
+ * (onRefused). When getToken fails (throws, rejects, gives neither a string
+ * nor null) it is onRefused(id, "token-unavailable"), and getToken is asked
+ * again after a delay (minDelay, doubling up to maxDelay) while connected.
+ * Tokens are kept in memory only: never in sessionStorage, never logged.
  *
  * When the connection closes the client reconnects on its own: after
  * 0.5 s, 1 s, 2 s, ... up to 30 s (minDelay, maxDelay), each delay randomised
@@ -50,6 +68,8 @@
   const RESTARTING = 4012; // reconnect soon and resume
   const SLOW_DOWN = new Set([4008, 4013]); // a limit broken; cannot register now: back off for seconds
   const STORAGE_PREFIX = "notify-client ";
+  const TOKEN_EXPIRED = "token-expired"; // a refusal that a fresh token from getToken may cure
+  const TOKEN_UNAVAILABLE = "token-unavailable"; // getToken failed: the client's own code, never the server's
 
   // sessionStorage, or null where the page may not use it (reading the property itself can throw).
   function sessionStore() {
@@ -65,6 +85,7 @@
       url,
       {
         ids = [],
+        getToken = null,
         onMessage = () => {},
         onGap = () => {},
         onRefused = () => {},
@@ -80,7 +101,14 @@
         throw new TypeError(`not a WebSocket address (ws:// or wss://): ${url}`);
       }
       this.url = parsed.href;
-      this.ids = new Set(ids);
+      this.ids = new Set();
+      this.tokens = new Map(); // id -> the token given with it, for its first registration (memory only)
+      for (const entry of ids) {
+        const id = typeof entry === "string" ? entry : entry.id;
+        this.ids.add(id);
+        if (typeof entry !== "string" && typeof entry.token === "string") this.tokens.set(id, entry.token);
+      }
+      this.getToken = getToken;
       this.positions = new Map(); // id -> the last position seen (a string); read from sessionStorage once
       this.onMessage = onMessage;
       this.onGap = onGap;
@@ -110,11 +138,13 @@
       this.setState(state);
       const socket = new WebSocket(this.url);
       const asked = new Set(); // the ids registered (v2) on this socket
+      const renewed = new Set(); // the ids registered again on this socket after a "token-expired"
       let first = true;
       let speaks = null; // the protocol version the server speaks on this socket (2: it answered a registration)
       let openedAt = 0;
       this.socket = socket;
       this.asked = asked;
+      this.renewed = renewed;
       socket.onopen = () => {
         openedAt = Date.now();
         this.ids.forEach((id) => this.registerOn(socket, id, asked));
@@ -189,7 +219,14 @@
           this.onMessage(frame.message, { id, position, replayed: frame.replayed === true });
           return;
         case "refused":
-          if (id !== null) this.onRefused(id, frame.code);
+          if (id === null) return;
+          // An expired token: once per id and connection, a fresh one from getToken, then give up.
+          if (frame.code === TOKEN_EXPIRED && this.getToken !== null && this.ids.has(id) && !this.renewed.has(id)) {
+            this.renewed.add(id);
+            this.registerOn(this.socket, id, this.asked, { renew: true });
+            return;
+          }
+          this.onRefused(id, frame.code);
           return;
         case "sent": // the reply to a v2 send; this client sends v1 frames
           return;
@@ -232,15 +269,49 @@
       this.onState(state, detail);
     }
 
-    registerOn(socket, id, asked) {
+    // Registers `id` on `socket`: with the token given with it the first time, else with getToken's (renew:
+    // getToken's even then), or without one. getToken may answer later: by then `socket` may be gone.
+    registerOn(socket, id, asked, { renew = false, failures = 0 } = {}) {
+      const given = this.tokens.get(id);
+      if (this.getToken === null || (given !== undefined && !renew)) {
+        if (this.getToken !== null) this.tokens.delete(id); // once: later registrations take fresh ones
+        this.sendRegistration(socket, id, asked, given ?? null);
+        return;
+      }
+      this.tokens.delete(id);
+      const current = () => this.socket === socket && !this.closed && socket.readyState === WebSocket.OPEN;
+      const failed = () => {
+        if (!current() || !this.ids.has(id)) return;
+        if (failures === 0) this.onRefused(id, TOKEN_UNAVAILABLE);
+        const delay = Math.min(this.maxDelay, this.minDelay * 2 ** failures);
+        setTimeout(() => {
+          if (current() && this.ids.has(id)) this.registerOn(socket, id, asked, { renew, failures: failures + 1 });
+        }, delay / 2 + (Math.random() * delay) / 2);
+      };
+      let token;
+      try {
+        token = this.getToken(id);
+      } catch (error) {
+        failed();
+        return;
+      }
+      Promise.resolve(token).then((value) => {
+        if (value !== null && value !== undefined && typeof value !== "string") failed();
+        else if (current()) this.sendRegistration(socket, id, asked, value ?? null);
+      }, failed);
+    }
+
+    sendRegistration(socket, id, asked, token) {
       const frame = { recipient_uuid: id, message: REGISTER, v: 2 };
       const since = this.positionOf(id);
       if (since !== null) frame.since = since;
+      if (token !== null) frame.token = token;
       asked.add(id);
       socket.send(JSON.stringify(frame));
     }
 
-    register(id) {
+    register(id, token) {
+      if (typeof token === "string") this.tokens.set(id, token);
       if (this.ids.has(id)) return;
       this.ids.add(id);
       if (this.state === "connected") this.registerOn(this.socket, id, this.asked);
