@@ -109,8 +109,10 @@ class ReadWindow:
     def __init__(self, queue: asyncio.Queue[Any], transport: Any) -> None:
         self._queue = queue
         self._transport = transport
-        self.paused = False
+        self.paused = False  # too many frames wait
         self.pauses = 0
+        self._held: asyncio.TimerHandle | None = None  # not read for a while (a client over its frame rate)
+        self._reading = True  # what the transport was last told
 
     def took_one(self) -> None:
         """Called as the consumer takes a frame from the client."""
@@ -118,12 +120,38 @@ class ReadWindow:
         if self.paused:
             if waiting <= READ_RESUME_AT:
                 self.paused = False
-                self._transport.resumeProducing()
+                self._apply()
         elif waiting >= READ_PAUSE_AT:
             self.paused = True
             self.pauses += 1
             metrics.counters[metrics.READS_PAUSED] += 1
-            self._transport.pauseProducing()
+            self._apply()
+
+    def hold(self, seconds: float) -> None:
+        """Do not read the socket for ``seconds`` (unless held already): what the client sends meanwhile waits
+        in its own buffers, and costs this process nothing (see :mod:`notifications.limits`)."""
+        if self._held is None:
+            self._held = asyncio.get_running_loop().call_later(seconds, self._release)
+            self._apply()
+
+    def close(self) -> None:
+        """The connection ended: no timer left behind."""
+        if self._held is not None:
+            self._held.cancel()
+            self._held = None
+
+    def _release(self) -> None:
+        self._held = None
+        self._apply()
+
+    def _apply(self) -> None:
+        reading = not self.paused and self._held is None
+        if reading != self._reading:
+            self._reading = reading
+            if reading:
+                self._transport.resumeProducing()
+            else:
+                self._transport.pauseProducing()
 
 
 def read_window(receive: Any, send: Any) -> ReadWindow | None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.core.exceptions import ImproperlyConfigured
 
 from notifications.conf import raw
 
@@ -243,6 +244,23 @@ def check_access(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     return errors
 
 
+LIMITS = ("MAX_FRAMES_PER_SECOND", "MAX_CONNECTIONS_PER_ADDRESS", "MAX_HANDSHAKES_PER_SECOND_PER_ADDRESS")
+
+
+@register()
+def check_client_limits(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    errors: list[CheckMessage] = [
+        Error(
+            f"NOTIFICATIONS_{name} is {raw(name)!r}; it must be a whole number, 0 (no limit) or more.",
+            id="notifications.E028",
+        )
+        for name in LIMITS
+        if not (_is_int(raw(name)) and raw(name) >= 0)
+    ]
+    errors += _seconds("FLOOD_SECONDS", raw("FLOOD_SECONDS"), "notifications.E029")
+    return errors
+
+
 @register(Tags.security)
 def check_api_keys(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     keys = raw("API_KEYS")
@@ -301,3 +319,82 @@ def check_channel_layer(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
             id="notifications.W001",
         )
     ]
+
+
+# What `manage.py check --deploy` says is still open. Each may be accepted knowingly (the README says
+# which, for clients of protocol v1); each hint names the step that closes it.
+MIN_DISTINCT_KEY_CHARACTERS = 10
+MIN_SECRET_KEY_LENGTH = 50
+
+
+@register(Tags.security, deploy=True)
+def check_deployment(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    warnings: list[CheckMessage] = []
+    if not settings.DEBUG and raw("REGISTRATION") == "open":
+        warnings.append(
+            Warning(
+                "Registrations are open: whoever knows an id reads its notifications and takes its pending ones.",
+                hint="Set NOTIFY_REGISTRATION=signed once your pages register with tokens (README, Locking it down).",
+                id="notifications.W003",
+            )
+        )
+    if raw("WS_SENDERS") == "anyone":
+        warnings.append(
+            Warning(
+                "Any WebSocket client may send any text to any id (NOTIFICATIONS_WS_SENDERS is 'anyone').",
+                hint="Set NOTIFY_WS_SENDERS=key (back-ends present an API key) or none (README, Locking it down).",
+                id="notifications.W004",
+            )
+        )
+    origins = raw("ALLOWED_ORIGINS")
+    if raw("REGISTRATION") == "signed" and _list_of_strings(origins) and "*" in origins:
+        warnings.append(
+            Warning(
+                "Registrations are signed but any site's pages may connect (NOTIFICATIONS_ALLOWED_ORIGINS is '*').",
+                hint="List the origins of your own pages in NOTIFY_ALLOWED_ORIGINS.",
+                id="notifications.W005",
+            )
+        )
+    if all(raw(name) == 0 for name in LIMITS):
+        warnings.append(
+            Warning(
+                "No client limit is on: one connection may flood, one address may open connections without end.",
+                hint="Set NOTIFY_MAX_FRAMES_PER_SECOND, NOTIFY_MAX_CONNECTIONS_PER_ADDRESS and "
+                "NOTIFY_MAX_HANDSHAKES_PER_SECOND_PER_ADDRESS (README, Locking it down).",
+                id="notifications.W006",
+            )
+        )
+    keys = raw("API_KEYS")
+    if _list_of_strings(keys):
+        weak = [
+            index
+            for index, key in enumerate(keys, start=1)
+            if len(set(key)) < MIN_DISTINCT_KEY_CHARACTERS or keys.index(key) != index - 1
+        ]
+        if weak:  # never the key itself: this line ends up in logs
+            warnings.append(
+                Warning(
+                    f"NOTIFICATIONS_API_KEYS: key number {', '.join(map(str, weak))} is weak (fewer than "
+                    f"{MIN_DISTINCT_KEY_CHARACTERS} different characters, or the same as an earlier key).",
+                    hint="Generate keys with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'",
+                    id="notifications.W007",
+                )
+            )
+    try:
+        secret = settings.SECRET_KEY
+    except ImproperlyConfigured:  # empty: Django refuses to use it at all, and the project's own check says so
+        secret = None
+    if isinstance(secret, str) and (
+        len(secret) < MIN_SECRET_KEY_LENGTH
+        or len(set(secret)) < MIN_DISTINCT_KEY_CHARACTERS
+        or secret.startswith("django-insecure-")
+    ):
+        warnings.append(
+            Warning(
+                f"SECRET_KEY is weak (under {MIN_SECRET_KEY_LENGTH} characters, few different ones, or Django's "
+                "insecure default): registration tokens and the project's own sender key are made from it.",
+                hint="Set DJANGO_SECRET_KEY to: python3 -c 'import secrets; print(secrets.token_urlsafe(50))'",
+                id="notifications.W008",
+            )
+        )
+    return warnings

@@ -39,6 +39,10 @@ DEFAULTS: dict[str, Any] = {
     "REGISTRATION": "open",
     "TOKEN_MAX_AGE": 3600,
     "WS_SENDERS": "anyone",
+    "MAX_FRAMES_PER_SECOND": 0,
+    "FLOOD_SECONDS": 5.0,
+    "MAX_CONNECTIONS_PER_ADDRESS": 0,
+    "MAX_HANDSHAKES_PER_SECOND_PER_ADDRESS": 0,
 }
 
 
@@ -198,6 +202,26 @@ class Settings:
         :func:`notifications.senders.server_key`). ``"none"``: only the latter.
         """
         return raw("WS_SENDERS")  # type: ignore[no-any-return]
+
+    @property
+    def MAX_FRAMES_PER_SECOND(self) -> int:
+        """Frames a second one connection may send (a token bucket, burst as large); 0: no limit."""
+        return raw("MAX_FRAMES_PER_SECOND")  # type: ignore[no-any-return]
+
+    @property
+    def FLOOD_SECONDS(self) -> float:
+        """Seconds a connection may stay over ``MAX_FRAMES_PER_SECOND`` before it is closed with 4008."""
+        return raw("FLOOD_SECONDS")  # type: ignore[no-any-return]
+
+    @property
+    def MAX_CONNECTIONS_PER_ADDRESS(self) -> int:
+        """Open connections one client address may hold in one process; 0: no limit."""
+        return raw("MAX_CONNECTIONS_PER_ADDRESS")  # type: ignore[no-any-return]
+
+    @property
+    def MAX_HANDSHAKES_PER_SECOND_PER_ADDRESS(self) -> int:
+        """New connections a second one client address may open in one process (burst as large); 0: no limit."""
+        return raw("MAX_HANDSHAKES_PER_SECOND_PER_ADDRESS")  # type: ignore[no-any-return]
 
     @property
     def KEEPS(self) -> bool:

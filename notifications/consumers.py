@@ -11,7 +11,7 @@ from typing import Any
 from autobahn.exception import Disconnected
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from notifications import backpressure, metrics
+from notifications import backpressure, limits, metrics
 from notifications.conf import conf
 from notifications.dispatch import SerialDispatchMixin
 from notifications.exceptions import DeliveryFailed
@@ -99,17 +99,29 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
         self.closing = False  # a close was asked for: nothing more is sent
         self.send_refusal: tuple[str, str] | None = None  # why this connection may not send (WS_SENDERS)
         self.sends_refused = 0
+        self.address: str | None = None  # the client's address, once admitted by the per-address limits
+        self.frame_limit = limits.frame_limit()
+        self.flooded = False  # closed with 4008 for flooding: its later frames are dropped unread
 
     async def connect(self) -> None:
-        self.send_refusal = websocket_sender_refusal(_header(self.scope, b"authorization"))
+        client = self.scope.get("client")
+        address = str(client[0]) if client else ""
+        refusal = limits.addresses.admit(address) if address else None
+        if refusal is None:
+            self.address = address  # counted: disconnect() uncounts it, however the connection ends
         await self.accept()
+        if refusal is not None:
+            # Accepted, then closed: a refused handshake would show a browser only 1006.
+            limits.hit(metrics.ADDRESS_LIMITED, address, "Closed a connection from %s with 4008: %s", address, refusal)
+            await self._close(limits.CLOSE_LIMIT, "too many connections from this address")
+            return
+        self.send_refusal = websocket_sender_refusal(_header(self.scope, b"authorization"))
         self.backlog = backpressure.Backlog(self._send_text, backpressure.watch(self.base_send), self.temp_id)
         await self.send(text_data=GREETING)
-        client = self.scope.get("client")
         registry.connected(
             self.temp_id,
             self.channel_name,
-            client_address=str(client[0]) if client else "",
+            client_address=address,
             user_agent=_header(self.scope, b"user-agent"),
             origin=_header(self.scope, b"origin"),
         )
@@ -122,6 +134,9 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
         )
 
     async def disconnect(self, code: int) -> None:
+        if self.address is None:  # closed by the per-address limits as it connected: nothing to undo
+            return
+        limits.addresses.left(self.address)
         registry.disconnected(self.temp_id)  # first: even if leaving a group fails
         for group in self._groups():
             await self.channel_layer.group_discard(group, self.channel_name)
@@ -147,6 +162,9 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         registry.active(self.temp_id)
+        if self.frame_limit is not None and not self.frame_limit.allow():
+            await self._over_rate(text_data)
+            return
         if text_data is None:
             self._reject("binary frame")
             return
@@ -442,6 +460,38 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
         if event is not None:
             await self._not_sent(event)
         return False
+
+    async def _over_rate(self, text_data: str | None) -> None:
+        """A frame over ``MAX_FRAMES_PER_SECOND``: not acted on; a v2 one is told so; a flood is closed."""
+        if self.flooded:
+            return
+        assert self.frame_limit is not None
+        if self.read_window is not None:
+            self.read_window.hold(limits.HOLD_SECONDS)
+        if self.frame_limit.flooding():
+            self.flooded = True
+            limits.hit(
+                metrics.FLOODS_CLOSED,
+                self.temp_id,
+                "Client %s closed with 4008: over %d frames a second for %g s",
+                self.temp_id,
+                conf.MAX_FRAMES_PER_SECOND,
+                conf.FLOOD_SECONDS,
+            )
+            await self._close(limits.CLOSE_LIMIT, "too many frames a second")
+            return
+        limits.hit(
+            metrics.FRAMES_LIMITED,
+            self.temp_id,
+            "Client %s sends over %d frames a second: its frames over that are not acted on",
+            self.temp_id,
+            conf.MAX_FRAMES_PER_SECOND,
+        )
+        action = parse_frame(text_data) if text_data is not None else None
+        if isinstance(action, Relay) and action.v2:
+            await self._sent(action.recipient, "refused", "limit")
+        elif isinstance(action, Register) and action.v2:
+            await self._refused(action.recipient, "limit", "over the frames a second this connection may send")
 
     async def _refuse_send(self, action: Relay) -> None:
         """A send from a connection that may not send (``WS_SENDERS``): not relayed, counted, logged once."""

@@ -45,6 +45,7 @@ class SerialDispatchMixin:
     channel_receive: Source
     scope: dict[str, Any]
     base_send: Sink
+    read_window: backpressure.ReadWindow | None  # None under a server other than daphne
 
     async def __call__(self, scope: dict[str, Any], receive: Source, send: Sink) -> None:
         self.scope = scope
@@ -56,13 +57,15 @@ class SerialDispatchMixin:
             sources.append(self.channel_receive)
         self.base_send = send
         self.left_over: list[dict[str, Any]] = []
-        window = backpressure.read_window(receive, send)
+        window = self.read_window = backpressure.read_window(receive, send)
         if window is not None:
             sources[0] = functools.partial(_taken, receive, window)
         with contextlib.suppress(StopConsumer):
             try:
                 await self._dispatch_from(sources)
             finally:
+                if window is not None:
+                    window.close()
                 if self.left_over:
                     await self.undispatched(self.left_over)
 

@@ -27,6 +27,9 @@ CAUGHT_UP = "caught_up"  # ... of which: sent after the channel layer lost them 
 REDIS_SILENT = "redis_silent"  # pub/sub connections dropped because Redis stopped answering (made again)
 CONTINUITY_LOST = "continuity_lost"  # registrations that could not be caught up after such a gap
 READS_PAUSED = "reads_paused"  # times a client's socket was not read while its frames waited (it sent too fast)
+FRAMES_LIMITED = "frames_limited"  # frames not acted on: their connection was over MAX_FRAMES_PER_SECOND
+FLOODS_CLOSED = "floods_closed"  # connections closed with 4008: over MAX_FRAMES_PER_SECOND for FLOOD_SECONDS
+ADDRESS_LIMITED = "address_limited"  # connections closed with 4008 at once: too many from their address
 DRAINED = "drained"  # WebSockets closed with 4012 as the process stopped (a graceful drain)
 
 

@@ -136,6 +136,10 @@ APP_SETTINGS: dict[str, Callable[[Mapping[str, str], str], Any]] = {
     "REGISTRATION": lambda environ, name: env_str(environ, name, "").lower(),
     "TOKEN_MAX_AGE": _integer(1),
     "WS_SENDERS": lambda environ, name: env_str(environ, name, "").lower(),
+    "MAX_FRAMES_PER_SECOND": _integer(0),
+    "FLOOD_SECONDS": lambda environ, name: env_seconds(environ, name, 5.0),
+    "MAX_CONNECTIONS_PER_ADDRESS": _integer(0),
+    "MAX_HANDSHAKES_PER_SECOND_PER_ADDRESS": _integer(0),
 }
 
 

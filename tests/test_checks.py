@@ -60,6 +60,10 @@ BAD_SETTINGS: list[tuple[dict[str, Any], str]] = [
     ({"NOTIFICATIONS_TOKEN_MAX_AGE": 0}, "notifications.E026"),
     ({"NOTIFICATIONS_TOKEN_MAX_AGE": "1h"}, "notifications.E026"),
     ({"NOTIFICATIONS_WS_SENDERS": "keys"}, "notifications.E027"),
+    ({"NOTIFICATIONS_MAX_FRAMES_PER_SECOND": -1}, "notifications.E028"),
+    ({"NOTIFICATIONS_MAX_CONNECTIONS_PER_ADDRESS": "5"}, "notifications.E028"),
+    ({"NOTIFICATIONS_MAX_HANDSHAKES_PER_SECOND_PER_ADDRESS": 2.5}, "notifications.E028"),
+    ({"NOTIFICATIONS_FLOOD_SECONDS": 0}, "notifications.E029"),
     ({"CHANNEL_LAYERS": {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}}, "notifications.W001"),
     ({"CHANNEL_LAYERS": {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer"}}}, "notifications.W001"),
 ]
@@ -71,16 +75,77 @@ def test_each_bad_setting_gets_its_own_id_and_nothing_else(
 ) -> None:
     for name, value in values.items():
         setattr(settings, name, value)
+    assert ids(run_checks()) == [expected]
+
+
+# A deployment that closed everything check --deploy looks at: nothing left to say.
+LOCKED_DOWN: dict[str, Any] = {
+    "DEBUG": False,
+    "SECRET_KEY": "q8Vn2-xT4kLw9ZrB7yHc3JmP6sDf0GaU1eXo5iRt-KbN_hQz4W",
+    "NOTIFICATIONS_REGISTRATION": "signed",
+    "NOTIFICATIONS_WS_SENDERS": "key",
+    "NOTIFICATIONS_ALLOWED_ORIGINS": ["https://app.example.com"],
+    "NOTIFICATIONS_MAX_FRAMES_PER_SECOND": 50,
+    "NOTIFICATIONS_API_KEYS": ["Zt3vQ9-pLk2mW8xR4nB7cY1sD6fH0gJ5aE"],
+}
+
+# Each production warning of check --deploy: the one thing that opens it on the locked-down deployment.
+DEPLOY_WARNINGS: list[tuple[dict[str, Any], str]] = [
+    ({"NOTIFICATIONS_REGISTRATION": "open", "NOTIFICATIONS_ALLOWED_ORIGINS": ["*"]}, "notifications.W003"),
+    ({"NOTIFICATIONS_WS_SENDERS": "anyone"}, "notifications.W004"),
+    ({"NOTIFICATIONS_ALLOWED_ORIGINS": ["https://app.example.com", "*"]}, "notifications.W005"),
+    ({"NOTIFICATIONS_MAX_FRAMES_PER_SECOND": 0}, "notifications.W006"),
+    ({"NOTIFICATIONS_API_KEYS": ["k" * 40]}, "notifications.W007"),  # long, but one character
+    ({"NOTIFICATIONS_API_KEYS": ["Zt3vQ9-pLk2mW8xR4nB7cY1sD6fH0gJ5aE"] * 2}, "notifications.W007"),
+    ({"SECRET_KEY": "django-insecure-" + "x7Kq2" * 10}, "notifications.W008"),
+    ({"SECRET_KEY": "short-but-varied-0123456789"}, "notifications.W008"),
+]
+
+
+def test_a_locked_down_deployment_passes_check_deploy(settings: Any) -> None:
+    for name, value in LOCKED_DOWN.items():
+        setattr(settings, name, value)
+    assert ids(run_checks(include_deployment_checks=True)) == []
+
+
+@pytest.mark.parametrize(("values", "expected"), DEPLOY_WARNINGS, ids=[e for _, e in DEPLOY_WARNINGS])
+def test_check_deploy_names_each_thing_still_open(settings: Any, values: dict[str, Any], expected: str) -> None:
+    for name, value in {**LOCKED_DOWN, **values}.items():
+        setattr(settings, name, value)
     assert ids(run_checks(include_deployment_checks=True)) == [expected]
+    assert ids(run_checks()) == []  # production warnings only: a plain check (and start-up) says nothing
+
+
+def test_the_defaults_under_check_deploy_say_what_v1_clients_keep_open(settings: Any) -> None:
+    settings.DEBUG = False
+    settings.SECRET_KEY = LOCKED_DOWN["SECRET_KEY"]
+    assert ids(run_checks(include_deployment_checks=True)) == [
+        "notifications.W003",  # registration open
+        "notifications.W004",  # anyone sends
+        "notifications.W006",  # no limit
+    ]
+
+
+def test_open_registrations_are_no_warning_while_debugging(settings: Any) -> None:
+    for name, value in {**LOCKED_DOWN, "DEBUG": True, "NOTIFICATIONS_REGISTRATION": "open"}.items():
+        setattr(settings, name, value)
+    assert "notifications.W003" not in ids(run_checks(include_deployment_checks=True))
+
+
+def test_a_weak_api_key_is_named_by_position_never_by_value(settings: Any) -> None:
+    settings.NOTIFICATIONS_API_KEYS = ["Zt3vQ9-pLk2mW8xR4nB7cY1sD6fH0gJ5aE", "a" * 20 + "b" * 20]
+    (message,) = [m for m in run_checks(include_deployment_checks=True) if m.id == "notifications.W007"]
+    assert "key number 2 is weak" in message.msg
+    assert "aaaa" not in message.msg + (message.hint or "")
 
 
 def test_the_ids_are_exactly_those_the_readme_documents() -> None:
     documented = set(re.findall(r"`(notifications\.[EW]\d{3})`", (ROOT / "README.md").read_text()))
-    assert documented == {expected for _, expected in BAD_SETTINGS}
+    assert documented == {expected for _, expected in BAD_SETTINGS + DEPLOY_WARNINGS}
 
 
 def test_the_default_configuration_passes_every_check() -> None:
-    assert ids(run_checks(include_deployment_checks=True)) == []
+    assert ids(run_checks()) == []
 
 
 def test_a_message_names_the_setting_and_its_value(settings: Any) -> None:

@@ -12,47 +12,22 @@ them, with ``manage.py notify_stats --json``.
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import time
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
 from harness.clients import open_client, receive, register_confirmed, send_v2
-from harness.servers import Daphne, RedisServer, eventually, run_python, wait_until
+from harness.servers import Daphne, RedisServer, eventually, wait_until
 from notifications.protocol import group_name
+from tests.stats import counters_after
 
 ARRIVAL = 10.0
 TEXT = 20_000  # characters per notification: a few rounds fill the small output buffer below
 IDS = 3
-
-
-def stats(env: dict[str, str | None]) -> dict[str, Any]:
-    done = run_python("manage.py", "notify_stats", "--json", env=env, timeout=60)
-    assert done.returncode == 0, done.stderr
-    parsed: dict[str, Any] = json.loads(done.stdout)
-    return parsed
-
-
-async def counters_after(env: dict[str, str | None], server: Daphne, moment: float) -> dict[str, int]:
-    """``server``'s counters as it wrote them after ``moment`` (its heartbeat is a second apart here)."""
-    found: dict[str, int] = {}
-
-    async def written() -> bool:
-        nonlocal found
-        for process in (await asyncio.to_thread(stats, env))["processes"]:
-            at = datetime.fromisoformat(process["heartbeat_at"]).timestamp()
-            if process["process"].endswith(f":{server.process.pid}") and at > moment:
-                found = process["counters"]
-                return True
-        return False
-
-    await eventually(written, seconds=15)
-    return found
 
 
 @pytest.mark.parametrize("history", [3, 1000], ids=["more-lost-than-kept", "all-kept"])

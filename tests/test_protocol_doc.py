@@ -10,6 +10,7 @@ from daphne.server import Server
 
 from notifications.conf import DEFAULTS
 from notifications.consumers import CLOSE_CONTINUITY_LOST, CLOSE_TRY_AGAIN_LATER
+from notifications.limits import CLOSE_LIMIT
 from notifications.protocol import GREETING
 
 DOC = (Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md").read_text(encoding="utf-8")
@@ -43,11 +44,10 @@ def test_the_default_limits_are_those_of_the_settings() -> None:
 
 
 def test_the_application_close_codes_are_the_consumers() -> None:
-    served = DOC.split("## Not yet served by this version")[0]
-    ours = {str(CLOSE_TRY_AGAIN_LATER), str(CLOSE_CONTINUITY_LOST)}
-    assert set(re.findall(r"`(4\d{3})`", served)) == ours
+    ours = {str(CLOSE_TRY_AGAIN_LATER), str(CLOSE_CONTINUITY_LOST), str(CLOSE_LIMIT)}
+    assert set(re.findall(r"`(4\d{3})`", DOC)) == ours
     codes = [row[0].strip("`") for row in table_rows(section("Close codes the server sends"))]
-    assert set(codes[:2]) == ours
+    assert set(codes[:3]) == ours
 
 
 def test_the_frame_size_limit_is_daphnes_default() -> None:

@@ -117,6 +117,9 @@ async def _group_send(group: str, event: dict[str, Any], recipient: str | None) 
     metrics.counters[metrics.RELAYED] += 1
     if kept is not None and kept.pending:
         metrics.counters[metrics.PENDING] += 1
+    room = getattr(layer, "room", None)
+    if room is not None:  # a recipient in this process falls behind: the sender waits a little
+        await room(group)
     return kept
 
 
