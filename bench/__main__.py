@@ -28,7 +28,7 @@ def parse_args(argv: list[str]) -> tuple[Options, Path]:
         default="baseline,project",
         help=f"comma-separated, from: {', '.join(SERVERS)} (the last three: the project with another layer)",
     )
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated: mass, idle, relay")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated: mass, idle, relay, resume")
     parser.add_argument("--processes", type=int, default=1, help="daphne processes of the project (default 1)")
     parser.add_argument("--seconds", type=float, help="length of each relay run (default 10)")
     parser.add_argument("--connections", help="idle connection counts, comma-separated (default 2000,10000)")

@@ -121,7 +121,14 @@ async def run_senders(spec: dict[str, Any], queue: asyncio.Queue[str]) -> None:
     rate, seconds, limit, base = spec["rate"], spec["seconds"], spec["limit"], spec["first"]
     sockets = []
     for i in range(count):
-        sockets.append(await open_client(urls[i % len(urls)], seconds=TIMEOUT, ping_interval=None, max_queue=None))
+        # A generous close_timeout: a sender the server slowed down (it stops reading a sender that outruns it)
+        # closes only once the server has read every frame it sent; websockets' default (10 s) would abort
+        # the connection and throw its unread frames away, a loss of the client's making.
+        sockets.append(
+            await open_client(
+                urls[i % len(urls)], seconds=TIMEOUT, ping_interval=None, max_queue=None, close_timeout=120
+            )
+        )
     emit("ready", count=len(sockets))
     await queue.get()  # "go"
     per_sender_limit = limit // count

@@ -51,10 +51,10 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, str | None]]:
         else [
             ("saturation: delivered msgs/s", "saturation.delivered_rate", ">= 6,000 lossless"),
             ("saturation: offered (sent) msgs/s", "saturation.send_rate", None),
-            ("saturation: lost / duplicated / misrouted", LOSS, "0"),
+            ("saturation: not arrived in the window / duplicated / misrouted", LOSS, "0"),
             ("saturation: dropped, as the server logged", "saturation.server_undeliverable_logged", "0"),
             (
-                "saturation: undeliverable / pending, as the server counted",
+                "saturation: undeliverable / pending (incl. arrived after the window), as the server counted",
                 "saturation.server_undeliverable|saturation.server_pending",
                 None,
             ),

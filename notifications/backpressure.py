@@ -113,6 +113,18 @@ class ReadWindow:
         self.pauses = 0
         self._held: asyncio.TimerHandle | None = None  # not read for a while (a client over its frame rate)
         self._reading = True  # what the transport was last told
+        # Look as daphne puts each frame, too: between two frames the consumer takes (each may wait for
+        # Redis), Twisted would otherwise read chunk after chunk of a fast sender into the queue. Then a
+        # sender that closes leaves thousands queued, more than daphne gives an application to finish
+        # after a disconnect (its application_close_timeout, 10 s) before it kills it.
+        put = queue.put_nowait
+
+        def put_and_look(item: Any) -> None:
+            put(item)
+            if not self.paused and queue.qsize() >= READ_PAUSE_AT:
+                self._pause()
+
+        queue.put_nowait = put_and_look  # type: ignore[method-assign]
 
     def took_one(self) -> None:
         """Called as the consumer takes a frame from the client."""
@@ -122,10 +134,13 @@ class ReadWindow:
                 self.paused = False
                 self._apply()
         elif waiting >= READ_PAUSE_AT:
-            self.paused = True
-            self.pauses += 1
-            metrics.counters[metrics.READS_PAUSED] += 1
-            self._apply()
+            self._pause()
+
+    def _pause(self) -> None:
+        self.paused = True
+        self.pauses += 1
+        metrics.counters[metrics.READS_PAUSED] += 1
+        self._apply()
 
     def hold(self, seconds: float) -> None:
         """Do not read the socket for ``seconds`` (unless held already): what the client sends meanwhile waits
@@ -139,6 +154,14 @@ class ReadWindow:
         if self._held is not None:
             self._held.cancel()
             self._held = None
+
+    def unread(self) -> int:
+        """Frames of the client still waiting in daphne's queue, never to be handled (taken out)."""
+        waiting = 0
+        while not self._queue.empty():
+            message = self._queue.get_nowait()
+            waiting += message.get("type") == "websocket.receive"
+        return waiting
 
     def _release(self) -> None:
         self._held = None

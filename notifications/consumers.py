@@ -461,6 +461,15 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
             await self._not_sent(event)
         return False
 
+    def unhandled(self, frames: int) -> None:
+        metrics.counters[metrics.UNHANDLED_FRAMES] += frames
+        logger.warning(
+            "Client %s: %d frames it sent were never handled (daphne stopped its handling first); any "
+            "notifications among them were not sent",
+            self.temp_id,
+            frames,
+        )
+
     async def _over_rate(self, text_data: str | None) -> None:
         """A frame over ``MAX_FRAMES_PER_SECOND``: not acted on; a v2 one is told so; a flood is closed."""
         if self.flooded:

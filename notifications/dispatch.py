@@ -63,6 +63,12 @@ class SerialDispatchMixin:
         with contextlib.suppress(StopConsumer):
             try:
                 await self._dispatch_from(sources)
+            except asyncio.CancelledError:
+                # daphne kills an application that is still busy 10 s after its client left (or as the
+                # server stops): the frames it read from the client and never handled are counted.
+                if window is not None and (unread := window.unread()):
+                    self.unhandled(unread)
+                raise
             finally:
                 if window is not None:
                     window.close()
@@ -109,6 +115,9 @@ class SerialDispatchMixin:
 
     async def undispatched(self, messages: list[dict[str, Any]]) -> None:
         """Messages read from a source after a handler stopped the consumer; by default, nothing."""
+
+    def unhandled(self, frames: int) -> None:
+        """``frames`` the client sent were read but never handled: the consumer was cancelled first."""
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels runs close_old_connections() in a worker thread before every

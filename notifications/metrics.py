@@ -17,6 +17,7 @@ UNDELIVERABLE = "undeliverable"  # every notification not delivered to a connect
 LAYER_FULL = "layer_full"  # ... of which: a connection's channel-layer queue was full
 NOT_READING = "not_reading"  # ... of which: its client had stopped reading, NOTIFICATIONS_MAX_QUEUED_MESSAGES waited
 REJECTED_FRAMES = "rejected_frames"
+UNHANDLED_FRAMES = "unhandled_frames"  # frames read from a client but never handled: daphne killed the consumer
 REGISTRATIONS_REFUSED = "registrations_refused"  # signed mode: no token, or one that does not register the id
 SENDS_REFUSED = "sends_refused"  # WebSocket sends from connections that may not send (WS_SENDERS)
 PENDING = "pending"  # notifications that no registration received, kept for the id's next one

@@ -10,6 +10,7 @@ import psutil
 
 from harness.clients import frame, open_client, receive, register_confirmed
 from harness.servers import Daphne, wait_until
+from notifications.backpressure import READ_PAUSE_AT, READ_RESUME_AT, ReadWindow
 
 BIG = "x" * 100_000  # a few hundred of these overflow any socket buffer on loopback
 SENT = 400
@@ -77,3 +78,42 @@ async def test_notifications_still_waiting_when_the_client_leaves_are_counted(
     await wait_until(lambda: re.search(r"left with \d+ notifications unsent", server.log()) is not None, seconds=30)
     for ws in (twin, sender):
         await ws.close()
+
+
+class Transport:
+    """Records what flow control asked of a connection's transport (Twisted's producer API)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def pauseProducing(self) -> None:  # noqa: N802 (Twisted's name)
+        self.calls.append("pause")
+
+    def resumeProducing(self) -> None:  # noqa: N802 (Twisted's name)
+        self.calls.append("resume")
+
+
+async def test_a_fast_senders_socket_is_paused_as_its_frames_are_queued_not_only_as_they_are_taken() -> None:
+    # A consumer that waits (for Redis, say) takes no frame for a while; meanwhile daphne queues every
+    # frame Twisted reads. The socket must pause at the limit all the same, or a sender that closes
+    # after a burst leaves more queued than daphne lets the consumer finish (it kills it after 10 s).
+    queue: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+    transport = Transport()
+    window = ReadWindow(queue, transport)
+    for n in range(READ_PAUSE_AT * 3):
+        queue.put_nowait({"type": "websocket.receive", "text": str(n)})
+    assert transport.calls == ["pause"]  # once, at the limit, before the consumer took anything
+    while queue.qsize() > READ_RESUME_AT:
+        queue.get_nowait()
+        window.took_one()
+    assert transport.calls == ["pause", "resume"]
+
+
+async def test_frames_left_unhandled_when_the_consumer_is_killed_are_counted_by_kind() -> None:
+    queue: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+    window = ReadWindow(queue, Transport())
+    for n in range(5):
+        queue.put_nowait({"type": "websocket.receive", "text": str(n)})
+    queue.put_nowait({"type": "websocket.disconnect"})
+    assert window.unread() == 5  # frames of the client; the disconnect is none
+    assert queue.empty()

@@ -31,6 +31,56 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CAPACITY = 1000
 
+# How long a sender waits, at most, for room in a recipient's crowded queue (see ChannelQueue).
+ROOM_WAIT = 0.25
+
+
+class ChannelQueue(asyncio.Queue[Any]):
+    """A connection's queue that a sender in this process can wait on while it is crowded.
+
+    When a sender and its recipients share a process, the sender's connection
+    can relay faster than a recipient's can write: without a pause a burst of
+    thousands over one connection overflows the recipient's queue (the
+    overflow is caught up from the history only as far as it keeps), or, on
+    Redis, piles up unread in the subscription. So a sender that finds a
+    recipient's queue in its process over half full waits until it is
+    down to a quarter: its own frames wait meanwhile, its socket stops being
+    read (:class:`notifications.backpressure.ReadWindow`), and TCP slows it
+    down. A queue whose consumer does not take anything within ``ROOM_WAIT``
+    (it waits for its client, say) is left alone until it drains: a stuck
+    recipient never slows its senders more than once.
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__(maxsize)
+        self._high = max(1, maxsize // 2)
+        self._low = maxsize // 4
+        self._room: asyncio.Future[None] | None = None
+        self.stuck = False
+
+    def crowded(self) -> bool:
+        return self.qsize() >= self._high and not self.stuck
+
+    def _get(self) -> Any:
+        item = super()._get()
+        if self.qsize() <= self._low:
+            self.stuck = False
+            if self._room is not None:
+                if not self._room.done():
+                    self._room.set_result(None)
+                self._room = None
+        return item
+
+    async def room(self) -> None:
+        """Wait until the queue is down to a quarter, or ``ROOM_WAIT`` passed (then it is stuck)."""
+        if self._room is None:
+            self._room = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._room), ROOM_WAIT)
+        except TimeoutError:
+            self.stuck = True
+
+
 # The event a layer queues for a consumer when what was sent to some of its groups
 # may not have reached it (``{"type": GAP_EVENT_TYPE, "groups": [...]}``): it catches up.
 GAP_EVENT_TYPE = "notify.gap"

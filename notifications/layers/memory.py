@@ -18,7 +18,15 @@ from channels.layers import InMemoryChannelLayer
 
 from notifications import metrics
 from notifications.conf import conf
-from notifications.layers import DEFAULT_CAPACITY, Gaps, Kept, KeptNotification, Replay, count_undeliverable
+from notifications.layers import (
+    DEFAULT_CAPACITY,
+    ChannelQueue,
+    Gaps,
+    Kept,
+    KeptNotification,
+    Replay,
+    count_undeliverable,
+)
 from notifications.layers.history import MemoryHistory
 
 # Queued for a consumer that waits on an empty queue when a gap was marked for it (see Gaps).
@@ -26,55 +34,6 @@ _GAP_MARK: dict[str, Any] = {"type": "notify.gap_mark"}
 
 # Ten years: "never" for a connection, while staying a valid timestamp offset.
 NEVER_EXPIRES = 10 * 365 * 24 * 3600
-
-
-# How long a sender waits, at most, for room in a recipient's crowded queue (see ChannelQueue).
-ROOM_WAIT = 0.25
-
-
-class ChannelQueue(asyncio.Queue[Any]):
-    """A connection's queue that a sender in this process can wait on while it is crowded.
-
-    Senders and recipients share one process here, and a sender's connection
-    can relay faster than a recipient's can write: without a pause a burst of
-    thousands over one connection overflows the recipient's queue (the
-    overflow is caught up from the history only as far as it keeps). So a
-    sender that finds a recipient's queue over half full waits until it is
-    down to a quarter: its own frames wait meanwhile, its socket stops being
-    read (:class:`notifications.backpressure.ReadWindow`), and TCP slows it
-    down. A queue whose consumer does not take anything within ``ROOM_WAIT``
-    (it waits for its client, say) is left alone until it drains: a stuck
-    recipient never slows its senders more than once.
-    """
-
-    def __init__(self, maxsize: int) -> None:
-        super().__init__(maxsize)
-        self._high = max(1, maxsize // 2)
-        self._low = maxsize // 4
-        self._room: asyncio.Future[None] | None = None
-        self.stuck = False
-
-    def crowded(self) -> bool:
-        return self.qsize() >= self._high and not self.stuck
-
-    def _get(self) -> Any:
-        item = super()._get()
-        if self.qsize() <= self._low:
-            self.stuck = False
-            if self._room is not None:
-                if not self._room.done():
-                    self._room.set_result(None)
-                self._room = None
-        return item
-
-    async def room(self) -> None:
-        """Wait until the queue is down to a quarter, or ``ROOM_WAIT`` passed (then it is stuck)."""
-        if self._room is None:
-            self._room = asyncio.get_running_loop().create_future()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._room), ROOM_WAIT)
-        except TimeoutError:
-            self.stuck = True
 
 
 class InMemoryLayer(InMemoryChannelLayer):

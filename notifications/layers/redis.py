@@ -69,6 +69,7 @@ from notifications.conf import conf
 from notifications.layers import (
     DEFAULT_CAPACITY,
     META_TTL,
+    ChannelQueue,
     Gaps,
     Kept,
     KeptNotification,
@@ -612,7 +613,8 @@ class _Shard(RedisSingleShardConnection):
         position = data[1:].split(KEPT_MARKER, 1)[0].decode()
         group = group_channel.removeprefix(f"{self.channel_layer.prefix}__group__")
         try:
-            await self.channel_layer.keep_pending(group, {"position": position})
+            if await self.channel_layer.keep_pending(group, {"position": position}):
+                metrics.counters[metrics.PENDING_AGAIN] += 1
         except Exception as exc:
             logger.warning(
                 "Undeliverable notification at %s: its last registrant here left, and it could not be made "
@@ -668,8 +670,15 @@ class _LoopLayer(RedisPubSubLoopLayer):
             group = group_channel.removeprefix(f"{self.prefix}__group__")
             self._gaps.mark(channel, group, self.channels[channel], GAP_MARK)
 
+    async def room(self, group: str) -> None:
+        """Wait while a member of ``group`` in this process has a crowded queue (see :class:`ChannelQueue`)."""
+        for channel in self.groups.get(self._get_group_channel_name(group), ()):
+            queue = self.channels.get(channel)
+            if isinstance(queue, ChannelQueue) and queue.crowded():
+                await queue.room()
+
     async def _subscribe_to_channel(self, channel: str) -> None:
-        self.channels[channel] = asyncio.Queue(maxsize=self.capacity)
+        self.channels[channel] = ChannelQueue(self.capacity)
         await self._get_shard(channel).subscribe(channel)
 
     async def receive(self, channel: str) -> dict[str, Any]:
@@ -872,6 +881,9 @@ class RedisPubSubLayer(RedisPubSubChannelLayer):
 
     def drain(self, channel: str) -> list[dict[str, Any]]:
         return self._get_layer().drain(channel)
+
+    async def room(self, group: str) -> None:
+        await self._get_layer().room(group)
 
     async def keep_pending(self, group: str, message: dict[str, Any]) -> bool:
         return await self._get_layer().keep_pending(group, message)
