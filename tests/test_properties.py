@@ -156,14 +156,19 @@ bodies = (
 )
 
 
+@pytest.fixture
+def api_key(settings: Any) -> None:
+    """Once per test, not per example: each change of ``settings`` stacks another layer of overrides."""
+    settings.NOTIFICATIONS_API_KEYS = [KEY]
+
+
 @pytest.mark.django_db
-@pytest.mark.usefixtures("in_memory_layer")
+@pytest.mark.usefixtures("in_memory_layer", "api_key")
 @hypothesis.settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=bodies, sent_headers=headers)
 def test_the_http_endpoint_answers_every_request_with_a_documented_status_and_json(
-    body: bytes, sent_headers: dict[str, str], settings: Any
+    body: bytes, sent_headers: dict[str, str]
 ) -> None:
-    settings.NOTIFICATIONS_API_KEYS = [KEY]
     relayed = metrics.counters[metrics.RELAYED]
     content_type = sent_headers.pop("Content-Type", "application/json")
     sent_headers.pop("Content-Length", None)  # the test client sets the real one
