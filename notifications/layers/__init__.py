@@ -46,9 +46,9 @@ class ChannelQueue(asyncio.Queue[Any]):
     recipient's queue in its process over half full waits until it is
     down to a quarter: its own frames wait meanwhile, its socket stops being
     read (:class:`notifications.backpressure.ReadWindow`), and TCP slows it
-    down. A queue whose consumer does not take anything within ``ROOM_WAIT``
-    (it waits for its client, say) is left alone until it drains: a stuck
-    recipient never slows its senders more than once.
+    down. A queue that is not down to a quarter within ``ROOM_WAIT`` (its
+    consumer waits for its client, say) is marked stuck and left alone until
+    it gets there: a stuck recipient slows its senders once, not per message.
     """
 
     def __init__(self, maxsize: int) -> None:
