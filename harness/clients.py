@@ -435,3 +435,14 @@ class ResumingClient:
                 self.positions[recipient] = position
         else:
             self.problems.append(f"connection {number}: unexpected frame {data!r:.300}")
+
+
+async def close_code(ws: ClientConnection, seconds: float = TIMEOUT) -> int | None:
+    """The close code the server sent, reading (and dropping) whatever comes before it."""
+    try:
+        async with asyncio.timeout(seconds):
+            async for _ in ws:
+                pass
+    except ConnectionClosed:
+        pass
+    return ws.close_code

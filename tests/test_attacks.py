@@ -41,6 +41,7 @@ from websockets.typing import Origin
 from harness.clients import (
     TIMEOUT,
     assert_receives_nothing,
+    close_code,
     frame,
     open_client,
     receive_json,
@@ -174,17 +175,6 @@ async def finish(server: Daphne, *clients: ClientConnection) -> None:
     log = server.log()
     assert "Traceback" not in log, log[-3000:]
     assert "Exception inside application" not in log, log[-3000:]
-
-
-async def close_code(ws: ClientConnection, seconds: float = TIMEOUT) -> int | None:
-    """The close code the server sent, reading (and dropping) whatever came before it."""
-    try:
-        async with asyncio.timeout(seconds):
-            async for _ in ws:
-                pass
-    except ConnectionClosed:
-        pass
-    return ws.close_code
 
 
 async def greeted_or_closed(ws: ClientConnection) -> str | int | None:

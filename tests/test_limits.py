@@ -13,11 +13,12 @@ import time
 from collections.abc import Callable
 
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from harness.clients import (
     TIMEOUT,
+    close_code,
     frame,
     open_client,
     receive,
@@ -87,17 +88,6 @@ def test_a_pause_of_a_second_ends_a_flood() -> None:
 
 
 # Real processes.
-
-
-async def closed_with(ws: ClientConnection, seconds: float = TIMEOUT) -> int | None:
-    """The close code the server sent, reading (and dropping) whatever comes before it."""
-    try:
-        async with asyncio.timeout(seconds):
-            async for _ in ws:
-                pass
-    except ConnectionClosed:
-        pass
-    return ws.close_code
 
 
 async def test_a_flood_is_closed_with_4008_while_a_neighbour_receives_every_probe_within_a_second(
@@ -178,7 +168,7 @@ async def test_the_connection_over_the_per_address_limit_is_closed_with_4008_and
     server = daphne_factory({"NOTIFY_MAX_CONNECTIONS_PER_ADDRESS": "5"})
     first = [await open_client(server.url) for _ in range(5)]
     sixth = await connect(server.url, open_timeout=TIMEOUT)  # the handshake succeeds; no greeting follows
-    assert await closed_with(sixth) == LIMIT
+    assert await close_code(sixth) == LIMIT
     for n, ws in enumerate(first):
         await register_confirmed(ws, f"first-{n}")
     await first[0].close()
