@@ -235,11 +235,12 @@ class Backlog:
                 self._drain_soon()
             return True
         self._dropped += 1
-        metrics.counters[metrics.UNDELIVERABLE] += 1
         metrics.counters[metrics.NOT_READING] += 1
+        whose = describe(recipient) if isinstance(recipient, str) else "an unknown recipient"
+        metrics.undeliverable("not_reading", whose)
         logger.warning(
             "Undeliverable notification for %s: client %s is not reading (%d notifications waiting)",
-            describe(recipient) if isinstance(recipient, str) else "an unknown recipient",
+            whose,
             self._who,
             len(self._waiting),
         )

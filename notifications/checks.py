@@ -7,6 +7,7 @@ README's settings table; a test asserts the exact list.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from typing import Any
@@ -284,6 +285,47 @@ def check_api_keys(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
             )
         ]
     return []
+
+
+@register(Tags.security)
+def check_metrics_access(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    errors: list[CheckMessage] = []
+    key = raw("METRICS_KEY")
+    if not isinstance(key, str):
+        errors.append(
+            Error(f"NOTIFICATIONS_METRICS_KEY is a {type(key).__name__}; it must be a string.", id="notifications.E030")
+        )
+    elif key and len(key) < MIN_API_KEY_LENGTH:
+        # Never show the value: this line ends up in logs.
+        errors.append(
+            Error(
+                f"NOTIFICATIONS_METRICS_KEY is shorter than {MIN_API_KEY_LENGTH} characters, too easy to guess.",
+                hint="Generate one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'",
+                id="notifications.E030",
+            )
+        )
+    addresses = raw("METRICS_ALLOWED_ADDRESSES")
+    if not _list_of_strings(addresses):
+        errors.append(
+            Error(
+                f"NOTIFICATIONS_METRICS_ALLOWED_ADDRESSES is a {type(addresses).__name__}; it must be a list of "
+                "addresses or networks.",
+                id="notifications.E031",
+            )
+        )
+    else:
+        for item in addresses:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                errors.append(
+                    Error(
+                        f"NOTIFICATIONS_METRICS_ALLOWED_ADDRESSES: {item!r} is not an address or a network.",
+                        hint="Use addresses or networks such as 10.0.0.5, 10.0.0.0/8 or ::1.",
+                        id="notifications.E031",
+                    )
+                )
+    return errors
 
 
 # What a channel layer other than the app's own loses, by what it is.

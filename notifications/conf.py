@@ -43,6 +43,8 @@ DEFAULTS: dict[str, Any] = {
     "FLOOD_SECONDS": 5.0,
     "MAX_CONNECTIONS_PER_ADDRESS": 0,
     "MAX_HANDSHAKES_PER_SECOND_PER_ADDRESS": 0,
+    "METRICS_KEY": "",
+    "METRICS_ALLOWED_ADDRESSES": [],
 }
 
 
@@ -222,6 +224,19 @@ class Settings:
     def MAX_HANDSHAKES_PER_SECOND_PER_ADDRESS(self) -> int:
         """New connections a second one client address may open in one process (burst as large); 0: no limit."""
         return raw("MAX_HANDSHAKES_PER_SECOND_PER_ADDRESS")  # type: ignore[no-any-return]
+
+    @property
+    def METRICS_KEY(self) -> str:
+        """Bearer key that ``/metrics`` requires (32+ characters); "" requires none.
+
+        With neither this nor ``METRICS_ALLOWED_ADDRESSES``, ``/metrics`` answers 404.
+        """
+        return raw("METRICS_KEY")  # type: ignore[no-any-return]
+
+    @property
+    def METRICS_ALLOWED_ADDRESSES(self) -> list[str]:
+        """Addresses or networks (``10.0.0.0/8``) that may read ``/metrics``; [] allows any (with the key)."""
+        return raw("METRICS_ALLOWED_ADDRESSES")  # type: ignore[no-any-return]
 
     @property
     def KEEPS(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -146,7 +147,7 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
                 await self._not_sent(event)
         unsent = self.backlog.discard() if self.backlog is not None else 0
         if unsent:  # the client left before it read them
-            metrics.counters[metrics.UNDELIVERABLE] += unsent
+            metrics.undeliverable("client_left", f"client {self.temp_id}", unsent)
             logger.warning("Client %s left with %d notifications unsent", self.temp_id, unsent)
         metrics.counters[metrics.CONNECTIONS_OPEN] -= 1
         if self.sends_refused > 1:
@@ -201,6 +202,7 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
                 existing.v2 = True
                 # With ``since``: recovered only if it is where this connection is (nothing to replay).
                 recovered = None if action.since is NO_SINCE else action.since == existing.cursor is not None
+                _count_resume(recovered)
                 await self._reply(
                     {
                         "type": "registered",
@@ -220,6 +222,7 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
             return
         limit = conf.MAX_IDS_PER_CONNECTION
         if len(self.registrations) >= limit:
+            metrics.counters[metrics.IDS_LIMITED] += 1
             self._reject(f"already {limit} ids registered; refused {describe(recipient)}")
             if action.v2:
                 await self._refused(recipient, "limit", f"this connection has registered {limit} ids, the most allowed")
@@ -272,6 +275,8 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
             replay = None
         if action.v2:
             recovered = replay is not None and replay.recovered
+            if action.since is not NO_SINCE:
+                _count_resume(recovered)
             await self._reply(
                 {
                     "type": "registered",
@@ -378,7 +383,7 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
         else:
             missed = str(sent - len(late))
             metrics.counters[metrics.MISSED] += sent - len(late)
-            metrics.counters[metrics.UNDELIVERABLE] += sent - len(late)
+            metrics.undeliverable("missed", describe(recipient), sent - len(late))
         logger.warning(
             "Client %s (protocol v1) may have missed %s notifications of %s while the channel layer was away; "
             "%d still kept are sent now",
@@ -410,10 +415,11 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
                     "Client %s left before it received a notification for %s: kept", self.temp_id, describe(recipient)
                 )
                 return
-        metrics.counters[metrics.UNDELIVERABLE] += 1
+        whose = describe(recipient) if isinstance(recipient, str) else "an unknown recipient"
+        metrics.undeliverable("client_left", whose)
         logger.warning(
             "Undeliverable notification for %s: client %s left before it was sent",
-            describe(recipient) if isinstance(recipient, str) else "an unknown recipient",
+            whose,
             self.temp_id,
         )
 
@@ -430,6 +436,8 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
             text = _message_frame(recipient, event["text"], position) if registration.v2 else event["text"]
         if await self.backlog_send(text, recipient, event):
             metrics.counters[metrics.DELIVERED] += 1
+            if isinstance(at := event.get("at"), float):
+                metrics.DELIVERY_LATENCY.observe(max(0.0, time.time() - at))
 
     def _untargeted(self, text: str) -> str:
         """A notification to no id of this connection's: raw text, unless every registration is v2."""
@@ -557,6 +565,11 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
     def _reject(self, reason: str) -> None:
         metrics.counters[metrics.REJECTED_FRAMES] += 1
         logger.warning("Client %s sent a frame that was ignored: %s", self.temp_id, reason)
+
+
+def _count_resume(recovered: bool | None) -> None:
+    if recovered is not None:
+        metrics.counters[metrics.RESUMES_RECOVERED if recovered else metrics.RESUMES_NOT_RECOVERED] += 1
 
 
 def _message_frame(recipient: str, text: str, position: str | None, *, replayed: bool = False) -> str:

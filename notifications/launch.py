@@ -25,6 +25,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
 
 from notifications import drain
+from notifications.endpoints import QUIET_PATHS
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,12 @@ class DrainingServer(Server):
     def listen_success(self, port: Any) -> None:
         self.ports.append(port)
         super().listen_success(port)
+
+    def log_action(self, protocol: str, action: str, details: dict[str, Any]) -> None:
+        # Balancers call the probes every second: an access-log line each would bury everything else.
+        if protocol == "http" and details.get("path") in QUIET_PATHS and details.get("status") in (200, 503):
+            return
+        super().log_action(protocol, action, details)
 
     def kill_all_applications(self) -> Deferred[Any]:
         drained: Deferred[Any] = Deferred.fromFuture(

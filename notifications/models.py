@@ -128,6 +128,8 @@ class ServerProcess(models.Model):
     rejected_frames = models.PositiveBigIntegerField("ignored frames", default=0)
     # Every counter of notifications.metrics, by name (the three above among them).
     counters = models.JSONField("counters", default=dict, blank=True)
+    # Its last undeliverable notifications, newest last: [unix time, reason, whose] (metrics.recent_undeliverable).
+    recent_undeliverable = models.JSONField("last undeliverable", default=list, blank=True)
 
     objects = ServerProcessQuerySet.as_manager()
 
@@ -138,6 +140,43 @@ class ServerProcess(models.Model):
 
     def __str__(self) -> str:
         return f"{self.host} pid {self.pid}"
+
+
+class ActivitySample(models.Model):
+    """A process's counters as they stood at the end of one minute: the admin dashboard's last hour.
+
+    Each registry write replaces the row of the current minute, so a minute's
+    activity is the difference between its row and the process's row before
+    it. Rows outlive their process (a crash must not erase the hour that led
+    to it) and are deleted once older than :data:`ACTIVITY_KEPT`.
+    """
+
+    process_key = models.CharField("process id", max_length=32)
+    process = models.CharField("process", max_length=300)  # host:pid, as the metrics label it
+    started_at = models.DateTimeField("process started")
+    minute = models.DateTimeField(db_index=True)
+    counters = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["minute", "process"]
+        verbose_name = "activity sample"
+        constraints = [models.UniqueConstraint(fields=["process_key", "minute"], name="one_sample_per_process_minute")]
+
+    def __str__(self) -> str:
+        return f"{self.process} at {self.minute:%H:%M}"
+
+
+# The dashboard shows the last hour; a little more is kept, so that its first minute has a row before it.
+ACTIVITY_KEPT = timedelta(minutes=65)
+
+
+class Dashboard(ServerProcess):
+    """The admin's dashboard (no table of its own: a proxy, so that the admin index links to it)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "dashboard"
+        verbose_name_plural = "dashboard"
 
 
 class Connection(models.Model):

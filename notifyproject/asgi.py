@@ -1,4 +1,4 @@
-"""ASGI entry point: HTTP to Django, WebSocket to the notification consumer."""
+"""ASGI entry point: HTTP to Django (after the operators' endpoints), WebSocket to the notification consumer."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from notifications.endpoints import OperatorEndpoints  # noqa: E402
 from notifications.origins import NotificationOriginValidator  # noqa: E402
 from notifications.routing import websocket_urlpatterns  # noqa: E402
 from notifications.server import start_server  # noqa: E402
@@ -25,7 +26,8 @@ except ImproperlyConfigured as exc:
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # /healthz, /readyz and /metrics are answered before Django (any Host, no log line per call).
+        "http": OperatorEndpoints(django_asgi_app),
         "websocket": NotificationOriginValidator(URLRouter(websocket_urlpatterns)),
     }
 )

@@ -140,6 +140,8 @@ APP_SETTINGS: dict[str, Callable[[Mapping[str, str], str], Any]] = {
     "FLOOD_SECONDS": lambda environ, name: env_seconds(environ, name, 5.0),
     "MAX_CONNECTIONS_PER_ADDRESS": _integer(0),
     "MAX_HANDSHAKES_PER_SECOND_PER_ADDRESS": _integer(0),
+    "METRICS_KEY": lambda environ, name: env_str(environ, name, ""),
+    "METRICS_ALLOWED_ADDRESSES": lambda environ, name: env_list(environ, name, []),
 }
 
 

@@ -242,11 +242,12 @@ class Gaps:
 
 def count_undeliverable(event: Any, where: str) -> None:
     """Count and log a notification that could not be queued for a connection."""
-    metrics.counters[metrics.UNDELIVERABLE] += 1
     metrics.counters[metrics.LAYER_FULL] += 1
     recipient = event.get("recipient") if isinstance(event, dict) else None
+    whose = describe(recipient) if isinstance(recipient, str) else "an unknown recipient"
+    metrics.undeliverable("queue_full", whose)
     logger.warning(
         "Undeliverable notification for %s: the queue of %s is full",
-        describe(recipient) if isinstance(recipient, str) else "an unknown recipient",
+        whose,
         where,
     )

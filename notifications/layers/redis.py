@@ -59,6 +59,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer, RedisSingleShardConnection
 from channels_redis.utils import _wrap_close
@@ -372,6 +373,10 @@ class _Shard(RedisSingleShardConnection):
         """PUBLISH, pipelined with every command waiting at that moment; how many subscribers received it."""
         return int(await self._queue(lambda pipe: pipe.publish(channel, message)))
 
+    async def ping(self) -> None:
+        """PING, pipelined as publishes are: the shard answers (readiness)."""
+        await self._queue(lambda pipe: pipe.ping())
+
     async def run_script(self, source: str, keys: list[str], args: list[Any]) -> Any:
         """A Lua script by EVALSHA, pipelined as publishes are; loaded once, and again after a Redis restart."""
         for attempt in (1, 2):
@@ -524,6 +529,7 @@ class _Shard(RedisSingleShardConnection):
                 # The SUBSCRIBEs still waiting were sent on the connection that broke; redis-py
                 # subscribes to every channel again on the next one, with one reply each.
                 self._lost.update(self._confirming)
+                metrics.counters[metrics.LAYER_READ_ERRORS] += 1
                 logger.warning("Reading from Redis failed, retrying in 1 s: %s: %s", type(exc).__name__, exc)
                 await asyncio.sleep(1)
 
@@ -656,6 +662,15 @@ class _Shard(RedisSingleShardConnection):
         await super().flush()
 
 
+def _without_password(address: str) -> str:
+    """A Redis address fit for a log line or a probe's answer: any password replaced by ``***``."""
+    parts = urlsplit(address)
+    if parts.password is None:
+        return address
+    user = f"{parts.username}:" if parts.username else ":"
+    return urlunsplit(parts._replace(netloc=f"{user}***@{parts.netloc.rsplit('@', 1)[1]}"))
+
+
 class _LoopLayer(RedisPubSubLoopLayer):
     def __init__(self, *args: Any, capacity: int = DEFAULT_CAPACITY, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -669,6 +684,21 @@ class _LoopLayer(RedisPubSubLoopLayer):
         if channel in self.channels:
             group = group_channel.removeprefix(f"{self.prefix}__group__")
             self._gaps.mark(channel, group, self.channels[channel], GAP_MARK)
+
+    async def problems(self, timeout: float) -> list[str]:
+        """What keeps this layer from working, one line per Redis server that does not answer in ``timeout``."""
+
+        async def problem(index: int, shard: _Shard) -> str | None:
+            try:
+                await asyncio.wait_for(shard.ping(), timeout)
+            except Exception as exc:
+                where = shard.host.get("address") if isinstance(shard.host, dict) else shard.host
+                detail = f"{type(exc).__name__}: {exc}" if str(exc) else f"no answer in {timeout:g} s"
+                return f"Redis {index} ({_without_password(str(where))}) does not answer: {detail}"
+            return None
+
+        found = await asyncio.gather(*(problem(i, s) for i, s in enumerate(self._shards)))
+        return [p for p in found if p is not None]
 
     async def room(self, group: str) -> None:
         """Wait while a member of ``group`` in this process has a crowded queue (see :class:`ChannelQueue`)."""
@@ -884,6 +914,10 @@ class RedisPubSubLayer(RedisPubSubChannelLayer):
 
     async def room(self, group: str) -> None:
         await self._get_layer().room(group)
+
+    async def problems(self, timeout: float) -> list[str]:
+        """One line per Redis server that does not answer within ``timeout`` seconds; [] when all do."""
+        return await self._get_layer().problems(timeout)
 
     async def keep_pending(self, group: str, message: dict[str, Any]) -> bool:
         return await self._get_layer().keep_pending(group, message)

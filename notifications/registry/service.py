@@ -224,7 +224,11 @@ class Registry:
 
     def _take(self, *, with_activity: bool) -> Batch:
         """Everything reported since the last take, after what a failed write still carries."""
-        batch = self.table.take(with_activity=with_activity, counters=metrics.snapshot())
+        batch = self.table.take(
+            with_activity=with_activity,
+            counters=metrics.snapshot() | metrics.process_figures(),
+            recent_undeliverable=[list(event) for event in metrics.recent_undeliverable],
+        )
         if self._failed is not None:
             batch = self._failed.then(batch)
             self._failed = None

@@ -41,7 +41,8 @@ class Batch:
     first_registered: dict[str, float] = field(default_factory=dict)  # rows already written
     activity: dict[str, float] = field(default_factory=dict)
     gone: set[str] = field(default_factory=set)
-    counters: dict[str, int] = field(default_factory=dict)  # the process's metrics, latest wins
+    counters: dict[str, Any] = field(default_factory=dict)  # the process's metrics, latest wins
+    recent_undeliverable: list[Any] = field(default_factory=list)  # latest wins
 
     def then(self, later: Batch) -> Batch:
         """This (failed) batch followed by a later one, as one batch."""
@@ -56,6 +57,7 @@ class Batch:
             activity=kept(self.activity) | later.activity,
             gone=self.gone | later.gone,
             counters=later.counters or self.counters,
+            recent_undeliverable=later.recent_undeliverable if later.counters else self.recent_undeliverable,
         )
 
 
@@ -115,10 +117,12 @@ class ConnectionTable:
         self._gone.add(temp_id)
         return True
 
-    def take(self, *, with_activity: bool, counters: dict[str, int]) -> Batch:
+    def take(
+        self, *, with_activity: bool, counters: dict[str, Any], recent_undeliverable: list[Any] | None = None
+    ) -> Batch:
         """Everything reported since the last take, as one batch; the table starts gathering anew."""
         live = self.live
-        batch = Batch(gone=self._gone, counters=counters)
+        batch = Batch(gone=self._gone, counters=counters, recent_undeliverable=recent_undeliverable or [])
         batch.new = {temp_id: live[temp_id].copy() for temp_id in self._new}
         batch.registrations = {r for r in self._registrations if r[0] in live}
         batch.first_registered = {t: live[t].registered_at or 0.0 for t in self._first_registered}
@@ -127,6 +131,10 @@ class ConnectionTable:
             self._active = set()
         self._new, self._registrations, self._first_registered, self._gone = set(), set(), set(), set()
         return batch
+
+    def registered_ids(self) -> int:
+        """How many distinct ids this process's live connections registered."""
+        return len({recipient for live in self.live.values() for recipient in live.recipients})
 
     def snapshot(self) -> tuple[list[LiveConnection], list[tuple[str, str]]]:
         """Every live connection and every (temp_id, recipient) registration, copied."""

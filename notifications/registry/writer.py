@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -13,7 +14,16 @@ from django.db import transaction
 from django.db.models.functions import Now
 
 from notifications import metrics
-from notifications.models import CHUNK, Connection, Registration, ServerProcess, chunks, purge_processes
+from notifications.models import (
+    ACTIVITY_KEPT,
+    CHUNK,
+    ActivitySample,
+    Connection,
+    Registration,
+    ServerProcess,
+    chunks,
+    purge_processes,
+)
 from notifications.registry.state import Batch, LiveConnection
 
 logger = logging.getLogger(__name__)
@@ -104,6 +114,7 @@ class DatabaseWriter:
 
     @staticmethod
     def purge_stale() -> None:
+        ActivitySample.objects.filter(minute__lt=_at(time.time()) - ACTIVITY_KEPT).delete()
         result = ServerProcess.objects.stale().purge()
         if result.processes:
             logger.info(
@@ -122,8 +133,11 @@ class DatabaseWriter:
             }
             if batch.counters:
                 counters["counters"] = batch.counters
+                counters["recent_undeliverable"] = batch.recent_undeliverable
             if not ServerProcess.objects.filter(pk=self.process_id).update(heartbeat_at=Now(), **counters):
                 raise ProcessGone
+            if batch.counters:
+                self._sample(batch.counters)
             if batch.new:
                 Connection.objects.bulk_create(
                     [_row(live, self.process_id) for live in batch.new.values()],
@@ -152,6 +166,23 @@ class DatabaseWriter:
                         Connection.objects.filter(pk__in=chunk).update(last_activity_at=_at(second))
             if batch.gone:
                 Connection.objects.delete_by_ids(batch.gone)
+
+    def _sample(self, counters: dict[str, Any]) -> None:
+        """The counters as the current minute's row of this process (see :class:`ActivitySample`)."""
+        ActivitySample.objects.bulk_create(
+            [
+                ActivitySample(
+                    process_key=self.process_id,
+                    process=f"{self.host}:{self.pid}",
+                    started_at=_at(self.started_at),
+                    minute=_at(time.time() // 60 * 60),
+                    counters=counters,
+                )
+            ],
+            update_conflicts=True,
+            unique_fields=["process_key", "minute"],
+            update_fields=["counters"],
+        )
 
     def rewrite(self, connections: list[LiveConnection], registrations: list[tuple[str, str]]) -> None:
         """Replace every row of this process with ``connections`` (after it was purged by mistake)."""

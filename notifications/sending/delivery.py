@@ -8,6 +8,7 @@ the same way.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from channels.layers import BaseChannelLayer, get_channel_layer
@@ -40,7 +41,8 @@ async def deliver(recipient: str, text: str) -> Kept | None:
     """
     # The recipient travels along so that a layer that cannot queue the
     # notification for a connection can say for whom it was.
-    event = {"type": EVENT_TYPE, "text": text, "recipient": recipient}
+    # "at": when it was sent, for the delivery-latency histogram (notifications.metrics).
+    event = {"type": EVENT_TYPE, "text": text, "recipient": recipient, "at": time.time()}
     return await _group_send(group_name(recipient), event, recipient)
 
 
@@ -82,7 +84,7 @@ async def resume(recipient: str, since: str | None, start: str | None, *, take: 
 
 async def deliver_to_everyone(text: str) -> None:
     """Hand a notification to the broadcast group: every registered connection, once."""
-    await _group_send(broadcast_group(), {"type": EVENT_TYPE, "text": text}, None)
+    await _group_send(broadcast_group(), {"type": EVENT_TYPE, "text": text, "at": time.time()}, None)
 
 
 async def deliver_to_channel(channel_name: str, text: str) -> bool:
@@ -125,5 +127,6 @@ async def _group_send(group: str, event: dict[str, Any], recipient: str | None) 
 
 def refused(target: str, exc: Exception) -> None:
     """Count and log a notification the channel layer refused (nothing vanishes silently)."""
-    metrics.counters[metrics.UNDELIVERABLE] += 1
+    metrics.counters[metrics.LAYER_SEND_ERRORS] += 1
+    metrics.undeliverable("layer_refused", target)
     logger.warning("Undeliverable notification for %s: %s: %s", target, type(exc).__name__, exc)

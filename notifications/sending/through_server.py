@@ -33,7 +33,7 @@ async def send_through_server(url: str, items: list[tuple[str, str]]) -> list[st
     try:
         return await _hand_to_server(url, items)
     except DeliveryFailed as exc:
-        metrics.counters[metrics.UNDELIVERABLE] += len(items)
+        metrics.undeliverable("server_unreachable", "notifications handed to the server", len(items))
         logger.warning("Undeliverable: %d notification(s) not handed to the server: %s", len(items), exc)
         raise
 
