@@ -14,17 +14,22 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.db.models import Count, QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.response import TemplateResponse
-from django.urls import reverse
+from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 from django.utils.timesince import timesince
 
 from notifications.exceptions import DeliveryFailed, InvalidNotification
-from notifications.models import Connection, ServerProcess, ServerProcessQuerySet
+from notifications import dashboard
+from notifications.models import Connection, Dashboard, ServerProcess, ServerProcessQuerySet
 from notifications.protocol import message_text, validate_recipient
 from notifications.sending import send_to_connections
 from notifications.sending.delivery import take_pending
+
+# Seconds between the dashboard's updates of itself.
+REFRESH_SECONDS = 5
 
 if TYPE_CHECKING:
     ModelAdmin = admin.ModelAdmin[Any]
@@ -225,3 +230,38 @@ class ServerProcessAdmin(ReadOnlyAdmin):
             return "alive"
         since = timesince(obj.heartbeat_at, annotated.database_now)
         return f"no heartbeat for {since}: purged at the next heartbeat of any process"
+
+
+@admin.register(Dashboard)
+class DashboardAdmin(ReadOnlyAdmin):
+    """The dashboard: the deployment now and over the last hour, updating itself (no table of its own)."""
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        user = request.user
+        return bool(
+            user.is_active
+            and user.is_staff
+            and (user.has_perm("notifications.view_dashboard") or user.has_perm("notifications.view_serverprocess"))
+        )
+
+    def get_urls(self) -> list[URLPattern]:
+        data = path("data/", self.admin_site.admin_view(self.data_view), name="notifications_dashboard_data")
+        return [data, *super().get_urls()]
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Notification center dashboard",
+            "opts": self.opts,
+            "data_url": reverse("admin:notifications_dashboard_data"),
+            "refresh_seconds": REFRESH_SECONDS,
+            "snapshot": dashboard.snapshot(),
+        }
+        return TemplateResponse(request, "admin/notifications/dashboard.html", context)
+
+    def data_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        return JsonResponse(dashboard.snapshot(), headers={"Cache-Control": "no-store"})

@@ -243,6 +243,7 @@ class Backlog:
             whose,
             self._who,
             len(self._waiting),
+            extra={"connection": self._who, "reason": "not_reading"},
         )
         return False
 

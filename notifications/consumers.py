@@ -41,6 +41,17 @@ CLOSE_TRY_AGAIN_LATER = 4013
 CLOSE_CONTINUITY_LOST = 4012
 
 
+class ConnectionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """The module's logger for one connection: each record carries ``connection`` (and any ``extra`` given)."""
+
+    def __init__(self, logger: logging.Logger, temp_id: str) -> None:
+        super().__init__(logger, {"connection": temp_id})
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
+        return msg, kwargs
+
+
 def _header(scope: dict[str, Any], name: bytes) -> str:
     for key, value in scope.get("headers", ()):
         if key.lower() == name:
@@ -94,6 +105,7 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.temp_id = uuid.uuid4().hex
+        self.log = ConnectionLog(logger, self.temp_id)  # every record carries the connection's id (JSON logs)
         self.registrations: dict[str, Registration] = {}  # by id, in registration order
         self.in_broadcast = False  # joined the broadcast group (with the first registration)
         self.backlog: backpressure.Backlog | None = None
@@ -127,7 +139,7 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
             origin=_header(self.scope, b"origin"),
         )
         metrics.counters[metrics.CONNECTIONS_OPEN] += 1
-        logger.info(
+        self.log.info(
             "Client %s connected from %s. Connections total: %d",
             self.temp_id,
             f"{client[0]}:{client[1]}" if client else "an unknown address",
@@ -148,16 +160,19 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
         unsent = self.backlog.discard() if self.backlog is not None else 0
         if unsent:  # the client left before it read them
             metrics.undeliverable("client_left", f"client {self.temp_id}", unsent)
-            logger.warning("Client %s left with %d notifications unsent", self.temp_id, unsent)
+            self.log.warning(
+                "Client %s left with %d notifications unsent", self.temp_id, unsent, extra={"reason": "client_left"}
+            )
         metrics.counters[metrics.CONNECTIONS_OPEN] -= 1
         if self.sends_refused > 1:
-            logger.warning("Client %s had %d sends refused in all", self.temp_id, self.sends_refused)
-        logger.info(
+            self.log.warning("Client %s had %d sends refused in all", self.temp_id, self.sends_refused)
+        self.log.info(
             "Client %s disconnected (code %s, %d ids). Connections total: %d",
             self.temp_id,
             code,
             len(self.registrations),
             metrics.counters[metrics.CONNECTIONS_OPEN],
+            extra={"code": code},
         )
         self.registrations.clear()
 
@@ -184,7 +199,7 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
             if action.v2:
                 await self._sent(action.recipient, kept.outcome if kept is not None else None)
             if logger.isEnabledFor(logging.INFO):  # describe() costs, once per relayed message
-                logger.info(
+                self.log.info(
                     "Client %s relayed %d characters to %s", self.temp_id, len(action.text), describe(action.recipient)
                 )
         elif isinstance(action, Register):
@@ -216,7 +231,7 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
             code, reason = refusal
             metrics.counters[metrics.REGISTRATIONS_REFUSED] += 1
             # The reason, never the token: a log is no place for a credential.
-            logger.warning("Client %s may not register %s: %s (%s)", self.temp_id, describe(recipient), reason, code)
+            self.log.warning("Client %s may not register %s: %s (%s)", self.temp_id, describe(recipient), reason, code)
             if action.v2:
                 await self._refused(recipient, code, reason)
             return
@@ -246,7 +261,7 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
             # The channel layer is unreachable (Redis down). A connection that looks
             # registered but receives nothing is the worst outcome: close it, so that a
             # client that reconnects can try again, with one line in the log.
-            logger.warning(
+            self.log.warning(
                 "Client %s could not register as %s: %s: %s; closing it (%d)",
                 self.temp_id,
                 describe(recipient),
@@ -260,12 +275,12 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
             return
         registration.cursor = start
         registry.registered(self.temp_id, recipient)
-        logger.info("Client %s registered as %s", self.temp_id, describe(recipient))
+        self.log.info("Client %s registered as %s", self.temp_id, describe(recipient))
         try:
             replay = await resume(recipient, since, start)
         except Exception as exc:
             # Resuming is one atomic step in the layer: what could not be taken stays pending.
-            logger.warning(
+            self.log.warning(
                 "Client %s registered as %s, but its kept notifications could not be read: %s: %s",
                 self.temp_id,
                 describe(recipient),
@@ -300,7 +315,7 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
         if isinstance(since, str) and len(since) <= MAX_POSITION_LENGTH and position_order(since) is not None:
             return since
         shown = describe(since) if isinstance(since, str) else type(since).__name__
-        logger.info("Client %s resumes %s from %s: no position", self.temp_id, describe(action.recipient), shown)
+        self.log.info("Client %s resumes %s from %s: no position", self.temp_id, describe(action.recipient), shown)
         return None
 
     async def _replay(self, recipient: str, registration: Registration, kept: list[KeptNotification]) -> None:
@@ -310,7 +325,7 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
         the registration began, with every pending one, some of which may be older.
         """
         metrics.counters[metrics.REPLAYED] += len(kept)
-        logger.info("Client %s receives %d kept notifications of %s", self.temp_id, len(kept), describe(recipient))
+        self.log.info("Client %s receives %d kept notifications of %s", self.temp_id, len(kept), describe(recipient))
         if not registration.v2:
             registration.replayed = {k.position for k in kept}
             registration.replayed_last = kept[-1].position
@@ -348,13 +363,13 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
             # Pending ones are left to the layer's own hand-over: some may be another registrant's.
             replay: Replay | None = await resume(recipient, registration.cursor, None, take=False)
         except Exception as exc:
-            logger.warning(
+            self.log.warning(
                 "Client %s could not catch up %s: %s: %s", self.temp_id, describe(recipient), type(exc).__name__, exc
             )
             replay = None
         if replay is not None and replay.recovered:
             metrics.counters[metrics.CAUGHT_UP] += len(replay.notifications)
-            logger.info(
+            self.log.info(
                 "Client %s caught up %d notifications of %s after the channel layer's gap",
                 self.temp_id,
                 len(replay.notifications),
@@ -365,7 +380,7 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
             return
         metrics.counters[metrics.CONTINUITY_LOST] += 1
         if registration.v2:
-            logger.warning(
+            self.log.warning(
                 "Client %s lost continuity for %s (not all kept): closing it (%d) so that it resumes",
                 self.temp_id,
                 describe(recipient),
@@ -384,7 +399,7 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
             missed = str(sent - len(late))
             metrics.counters[metrics.MISSED] += sent - len(late)
             metrics.undeliverable("missed", describe(recipient), sent - len(late))
-        logger.warning(
+        self.log.warning(
             "Client %s (protocol v1) may have missed %s notifications of %s while the channel layer was away; "
             "%d still kept are sent now",
             self.temp_id,
@@ -408,19 +423,20 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
                 kept = await keep_pending(recipient, event)
             except Exception as exc:
                 kept = False
-                logger.warning("Could not make a notification pending again: %s: %s", type(exc).__name__, exc)
+                self.log.warning("Could not make a notification pending again: %s: %s", type(exc).__name__, exc)
             if kept:
                 metrics.counters[metrics.PENDING_AGAIN] += 1
-                logger.info(
+                self.log.info(
                     "Client %s left before it received a notification for %s: kept", self.temp_id, describe(recipient)
                 )
                 return
         whose = describe(recipient) if isinstance(recipient, str) else "an unknown recipient"
         metrics.undeliverable("client_left", whose)
-        logger.warning(
+        self.log.warning(
             "Undeliverable notification for %s: client %s left before it was sent",
             whose,
             self.temp_id,
+            extra={"reason": "client_left"},
         )
 
     async def notify_message(self, event: dict[str, Any]) -> None:
@@ -471,7 +487,7 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
 
     def unhandled(self, frames: int) -> None:
         metrics.counters[metrics.UNHANDLED_FRAMES] += frames
-        logger.warning(
+        self.log.warning(
             "Client %s: %d frames it sent were never handled (daphne stopped its handling first); any "
             "notifications among them were not sent",
             self.temp_id,
@@ -517,7 +533,7 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
         metrics.counters[metrics.SENDS_REFUSED] += 1
         self.sends_refused += 1
         if self.sends_refused == 1:  # once per connection: a client that insists does not flood the log
-            logger.warning(
+            self.log.warning(
                 "Client %s may not send (to %s, and any later one is refused too): %s",
                 self.temp_id,
                 describe(action.recipient),
@@ -564,7 +580,7 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
 
     def _reject(self, reason: str) -> None:
         metrics.counters[metrics.REJECTED_FRAMES] += 1
-        logger.warning("Client %s sent a frame that was ignored: %s", self.temp_id, reason)
+        self.log.warning("Client %s sent a frame that was ignored: %s", self.temp_id, reason)
 
 
 def _count_resume(recovered: bool | None) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from django.apps import AppConfig
 
 
@@ -13,3 +15,7 @@ class ProjectConfig(AppConfig):
 
     def ready(self) -> None:
         from notifyproject import checks  # noqa: F401  (registers the system checks)
+
+        # Python's warnings go through logging (the py.warnings logger), so that they
+        # come out in LOG_FORMAT like every other line on standard error.
+        logging.captureWarnings(True)

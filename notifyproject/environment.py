@@ -94,6 +94,13 @@ def env_redis_url(environ: Mapping[str, str], name: str) -> str:
     return value
 
 
+def env_choice(environ: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    value = env_str(environ, name, default).lower()
+    if value not in choices:
+        raise ConfigurationError(f"{name}={value!r} is not one of {', '.join(choices)}.")
+    return value
+
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 

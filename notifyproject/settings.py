@@ -17,6 +17,7 @@ from notifyproject.environment import (
     env_bool,
     env_int,
     env_list,
+    env_choice,
     env_log_level,
     env_redis_url,
 )
@@ -191,19 +192,31 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "notifications:send"
 
 LOG_LEVEL = env_log_level(ENV, "LOG_LEVEL", "INFO")
+# "plain": readable lines. "json": one JSON object per record (time, level, logger, message, and
+# fields such as connection, code and reason), for a log collector. daphne's access log is apart.
+LOG_FORMAT = env_choice(ENV, "LOG_FORMAT", ("plain", "json"), "plain")
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "{levelname}{name}{message}",
+            "style": "{",
+            "timestamp": "time",
+            "rename_fields": {"levelname": "level", "name": "logger"},
+        },
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT},
     },
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
         "notifications": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
         "django": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+        # Python's warnings, through logging (Django captures them): in the same format.
+        "py.warnings": {"handlers": ["console"], "level": "WARNING", "propagate": False},
     },
 }

@@ -102,6 +102,17 @@ class MemoryHistory:
             entry.pending = True
             self._ids[entry.group].pending.append(entry)
 
+    def pending_counts(self) -> list[tuple[str, int]]:
+        """(group, how many of its notifications are pending and not expired) for each group with any."""
+        now = self._clock()
+        counts = []
+        for group, kept in self._ids.items():
+            if kept.pending:
+                alive = sum(1 for e in kept.pending if e.kept and e.expires_at > now)
+                if alive:
+                    counts.append((group, alive))
+        return counts
+
     def take_pending(self, group: str, *, peek: bool = False) -> list[KeptNotification]:
         """The id's pending notifications, oldest first, once: they are pending no more (unless ``peek``)."""
         kept = self._ids.get(group)

@@ -52,6 +52,7 @@ class InMemoryLayer(InMemoryChannelLayer):
         super().__init__(capacity=capacity, **kwargs)
         self.history = MemoryHistory()
         self._gaps = Gaps()
+        self._pending_ids: dict[str, str] = {}  # group -> the id whose notifications are pending (the dashboard)
 
     def _clean_expired(self) -> None:
         # Messages and memberships never expire here; the library's scan of
@@ -137,6 +138,7 @@ class InMemoryLayer(InMemoryChannelLayer):
             return Kept(live=True, pending=False, position=entry.position)
         if conf.PENDING:
             self.history.make_pending(entry)
+            self._pending_ids[group] = message.get("recipient", "")
             return Kept(live=False, pending=True, position=entry.position)
         return Kept(live=False, pending=False, position=entry.position)
 
@@ -156,10 +158,21 @@ class InMemoryLayer(InMemoryChannelLayer):
         if entry is None or not conf.PENDING:
             return False
         self.history.make_pending(entry)
+        self._pending_ids[group] = message.get("recipient", "")
         return True
 
     async def take_pending(self, group: str, *, peek: bool = False) -> list[KeptNotification]:
+        if not peek:
+            self._pending_ids.pop(group, None)
         return self.history.take_pending(group, peek=peek)
+
+    async def most_pending(self, limit: int) -> list[tuple[str, int]]:
+        """The ids with the most pending notifications, most first: (id, how many), at most ``limit``."""
+        counts = dict(self.history.pending_counts())
+        for group in [g for g in self._pending_ids if g not in counts]:  # expired meanwhile
+            del self._pending_ids[group]
+        ranked = sorted(counts.items(), key=lambda item: -item[1])[:limit]
+        return [(self._pending_ids.get(group, ""), count) for group, count in ranked]
 
     async def newest(self, group: str) -> str | None:
         return self.history.newest(group) if conf.KEEPS else None

@@ -124,6 +124,7 @@ KEPT_MARKER = b"\x00"
 SUBSCRIBE_TIMEOUT = 10.0  # seconds Redis may take to confirm a subscription
 # A pub/sub connection quiet this long is pinged; quiet as long again, it is dropped and made again.
 HEALTH_CHECK_INTERVAL = 5.0
+PENDING_SCAN_LIMIT = 10_000  # pending sets the admin's dashboard looks at, per Redis server
 COMMAND_TIMEOUT = 10.0  # seconds a pipeline of commands (a send, a resume) may wait for Redis's replies
 
 # Queued for a consumer that waits on an empty queue when a gap was marked for it (see Gaps).
@@ -685,6 +686,48 @@ class _LoopLayer(RedisPubSubLoopLayer):
             group = group_channel.removeprefix(f"{self.prefix}__group__")
             self._gaps.mark(channel, group, self.channels[channel], GAP_MARK)
 
+    async def most_pending(self, limit: int) -> list[tuple[str, int]]:
+        """The ids with the most pending notifications, most first: (id, how many), at most ``limit``.
+
+        Found by SCAN over at most :data:`PENDING_SCAN_LIMIT` pending sets per Redis server, so
+        that a large deployment's dashboard costs Redis a bounded amount of work.
+        """
+        found: list[tuple[int, _Shard, KeptKeys]] = []
+        pattern = f"{self.prefix}kept:*:p"
+        for shard in self._shards:
+            shard._ensure_redis()
+            keys: list[bytes] = []
+            async for key in shard._redis.scan_iter(match=pattern, count=1000):
+                keys.append(key)
+                if len(keys) >= PENDING_SCAN_LIMIT:
+                    break
+            if not keys:
+                continue
+            pipe = shard._redis.pipeline(transaction=False)
+            for key in keys:
+                pipe.zcard(key)
+            sizes = await pipe.execute()
+            for key, size in zip(keys, sizes, strict=True):
+                if size:
+                    base = key.decode()[: -len(":p")]
+                    found.append((int(size), shard, KeptKeys(f"{base}:h", f"{base}:p", f"{base}:m", "")))
+        found.sort(key=lambda item: -item[0])
+        ranked = []
+        for size, shard, keys in found[:limit]:
+            ranked.append((await self._pending_recipient(shard, keys), size))
+        return ranked
+
+    async def _pending_recipient(self, shard: _Shard, keys: KeptKeys) -> str:
+        """The id a pending set is for: read from its oldest notification (group names are digests)."""
+        with contextlib.suppress(Exception):
+            first = await shard._redis.zrange(keys.pending, 0, 0)
+            if first:
+                entries = await shard._redis.xrange(keys.history, first[0], first[0])
+                if entries:
+                    event = self.channel_layer.deserialize(entries[0][1][b"p"])
+                    return str(event.get("recipient", ""))
+        return ""
+
     async def problems(self, timeout: float) -> list[str]:
         """What keeps this layer from working, one line per Redis server that does not answer in ``timeout``."""
 
@@ -914,6 +957,10 @@ class RedisPubSubLayer(RedisPubSubChannelLayer):
 
     async def room(self, group: str) -> None:
         await self._get_layer().room(group)
+
+    async def most_pending(self, limit: int) -> list[tuple[str, int]]:
+        """The ids with the most pending notifications (see ``_LoopLayer.most_pending``)."""
+        return await self._get_layer().most_pending(limit)
 
     async def problems(self, timeout: float) -> list[str]:
         """One line per Redis server that does not answer within ``timeout`` seconds; [] when all do."""
