@@ -13,16 +13,16 @@ from asgiref.sync import async_to_sync
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
-from django.db.models import Count, QuerySet
 from django.core.exceptions import PermissionDenied
+from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 from django.utils.timesince import timesince
 
-from notifications.exceptions import DeliveryFailed, InvalidNotification
 from notifications import dashboard
+from notifications.exceptions import DeliveryFailed, InvalidNotification
 from notifications.models import Connection, Dashboard, ServerProcess, ServerProcessQuerySet
 from notifications.protocol import message_text, validate_recipient
 from notifications.sending import send_to_connections

@@ -52,7 +52,7 @@ JSON = b"application/json"
 class OperatorEndpoints:
     """ASGI middleware: answers the operators' paths itself, hands everything else to ``app``."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: Any) -> None:  # any ASGI application (Django's ASGIHandler types its own)
         self.app = app
         self.routes: dict[str, Callable[[Scope], Awaitable[tuple[int, bytes, list[tuple[bytes, bytes]]]]]] = {
             HEALTH_PATH: self.healthz,
@@ -106,10 +106,14 @@ def metrics_refusal(scope: Scope) -> tuple[int, bytes, list[tuple[bytes, bytes]]
     if networks and not _address_allowed(scope, networks):
         return 403, _json({"error": "this address may not read the metrics"}), [(b"content-type", JSON)]
     if key and not _has_key(scope, key):
-        return 401, _json({"error": "a bearer key is required"}), [
-            (b"content-type", JSON),
-            (b"www-authenticate", b'Bearer realm="metrics"'),
-        ]
+        return (
+            401,
+            _json({"error": "a bearer key is required"}),
+            [
+                (b"content-type", JSON),
+                (b"www-authenticate", b'Bearer realm="metrics"'),
+            ],
+        )
     return None
 
 

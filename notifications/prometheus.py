@@ -63,9 +63,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("relayed", "counter", "Notifications handed to the channel layer", _one(metrics.RELAYED)),
     Family("delivered", "counter", "Notifications written live to a connection", _one(metrics.DELIVERED)),
     Family("pending", "counter", "Notifications no registration received, kept for the id", _one(metrics.PENDING)),
-    Family(
-        "pending_again", "counter", "Notifications kept again: their connection left", _one(metrics.PENDING_AGAIN)
-    ),
+    Family("pending_again", "counter", "Notifications kept again: their connection left", _one(metrics.PENDING_AGAIN)),
     Family("replayed", "counter", "Kept notifications sent to a registration", _one(metrics.REPLAYED)),
     Family("caught_up", "counter", "Notifications sent after a channel-layer gap", _one(metrics.CAUGHT_UP)),
     Family(
@@ -128,7 +126,9 @@ FAMILIES: tuple[Family, ...] = (
         {"read_error": (metrics.LAYER_READ_ERRORS,), "silent": (metrics.REDIS_SILENT,)},
         label="cause",
     ),
-    Family("reads_paused", "counter", "Times a client's socket was not read: it sent too fast", _one(metrics.READS_PAUSED)),
+    Family(
+        "reads_paused", "counter", "Times a client's socket was not read: it sent too fast", _one(metrics.READS_PAUSED)
+    ),
     Family("drained", "counter", "WebSockets closed with 4012 as their process stopped", _one(metrics.DRAINED)),
     Family("process_cpu_seconds", "counter", "CPU time of the process", _one(metrics.CPU_SECONDS)),
     Family("process_resident_memory_bytes", "gauge", "Resident memory of the process", _one(metrics.RESIDENT_BYTES)),

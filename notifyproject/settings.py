@@ -15,9 +15,9 @@ from notifyproject.environment import (
     ConfigurationError,
     app_settings,
     env_bool,
+    env_choice,
     env_int,
     env_list,
-    env_choice,
     env_log_level,
     env_redis_url,
 )

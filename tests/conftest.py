@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 from django.db import connection, connections
+from playwright.async_api import Browser, async_playwright
 
 from harness.servers import (
     ROOT,
@@ -31,7 +32,7 @@ from harness.servers import (
 from harness.servers import run_python as run_python_process
 from notifications.models import Connection, Registration, ServerProcess
 from tests.kinds import kind_of
-from tests.programs import NGINX_HINT, SYSTEMD_HINT, require_program
+from tests.programs import CHROMIUM_ARGS, NGINX_HINT, SYSTEMD_HINT, require_program
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -251,6 +252,27 @@ def nginx_factory(tmp_path: Path, collected_static: Path, nginx_binary: str) -> 
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Headless Chromium driven by Playwright (skip without it, fail under CI)."""
+    chromium = require_program("chromium", install_hint="install Debian's chromium package (apt install chromium)")
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        yield browser
+        await browser.close()
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path) -> Path:
+    """Where screenshots go: NOTIFY_ARTIFACTS when set (CI keeps them), else the test's temporary directory."""
+    configured = os.environ.get("NOTIFY_ARTIFACTS", "").strip()
+    if not configured:
+        return tmp_path
+    path = Path(configured)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 @pytest.fixture

@@ -38,3 +38,16 @@ def skewed_clock(seconds: int) -> dict[str, str]:
         [wrapper, "-f", "+0", "printenv", "LD_PRELOAD"], capture_output=True, text=True, check=True, timeout=10
     ).stdout.strip()
     return {"LD_PRELOAD": preload, "FAKETIME": f"{seconds:+d}s", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
+# How the browser tests start Chromium: headless, quiet, without a sandbox (CI runs as root).
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]

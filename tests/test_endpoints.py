@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -151,3 +152,33 @@ def test_the_metrics_settings_are_checked_without_showing_the_key(settings: Any,
     text = str(raised.value)
     assert "notifications.E030" in text and "short-secret" not in text
     assert "notifications.E031" in text and "'ten.zero' is not an address or a network" in text
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_draining_process_is_not_ready_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert (await ask("/readyz"))["status"] == 200  # and this answer is reused for half a second...
+    monkeypatch.setattr("notifications.drain.is_draining", lambda: True)
+    answer = await ask("/readyz")  # ...except once the drain began
+    assert answer["status"] == 503
+    assert answer["body"] == b'{"status": "unavailable", "reason": "draining: this process is stopping"}\n'
+    assert (await ask("/healthz"))["status"] == 200
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_an_unreachable_redis_makes_the_process_unready_naming_the_server_without_its_password(
+    settings: Any,
+) -> None:
+    from harness.servers import free_port
+
+    port = free_port()
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "notifications.layers.redis.RedisPubSubLayer",
+            "CONFIG": {"hosts": [f"redis://:hunter2-secret@127.0.0.1:{port}/0"]},
+        }
+    }
+    answer = await ask("/readyz")
+    assert answer["status"] == 503
+    reason = json.loads(answer["body"])["reason"]
+    assert reason.startswith(f"Redis 0 (redis://:***@127.0.0.1:{port}/0) does not answer: ")
+    assert "hunter2" not in reason

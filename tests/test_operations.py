@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -262,3 +263,39 @@ async def test_from_an_address_not_allowed_the_metrics_are_refused_behind_nginx(
     # The client claims 10.1.2.3; nginx says what it saw (127.0.0.1), and that is not allowed.
     claimed = {"Authorization": f"Bearer {KEY}", "X-Real-IP": "10.1.2.3", "X-Forwarded-For": "10.1.2.3"}
     assert (await aget(f"{proxy.http_url}/metrics", claimed)).status == 403
+
+
+async def test_with_log_format_json_every_line_the_server_writes_under_load_is_one_json_object(
+    daphne_factory: Callable[..., Daphne], tmp_path: Path
+) -> None:
+    # daphne's access log, apart as in deploy/ (stdout), stays as it is; the server's own log is all JSON.
+    access_log = tmp_path / "access.log"
+    server = daphne_factory(
+        {"LOG_FORMAT": "json", "LOG_LEVEL": "INFO", "NOTIFY_MAX_IDS_PER_CONNECTION": "2"},
+        ("--access-log", str(access_log)),
+    )
+    clients = [await open_client(server.url) for _ in range(20)]
+    for i, ws in enumerate(clients):
+        await register_confirmed(ws, f"json-{i}")
+    await clients[0].send("not json at all")  # an ignored frame: a WARNING with its reason
+    for extra in ("second", "third"):  # over the per-connection limit: refused, logged
+        await clients[1].send(frame(extra, "connected"))
+    for n in range(200):
+        await clients[n % 20].send(frame(f"json-{(n + 1) % 20}", f'load {n}\nwith a newline and "quotes"'))
+    for ws in clients:
+        for _ in range(10):
+            await receive(ws)
+    for ws in clients[:10]:
+        await ws.close()
+    assert server.stop() == 0  # SIGTERM: the drain logs too
+
+    lines = [line for line in server.log().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # raises on the first line that is not JSON
+    assert len(records) > 250
+    for record in records:
+        assert {"time", "level", "logger", "message"} <= set(record), record
+    # Records of a connection carry its id; a disconnect its close code; an ignored frame its connection.
+    assert len({r["connection"] for r in records if "connection" in r}) >= 20
+    assert any(r.get("code") == 1000 and "disconnected" in r["message"] for r in records)
+    assert any(r["level"] == "WARNING" and "ignored" in r["message"] and "connection" in r for r in records)
+    assert '"WSCONNECT /"' in access_log.read_text()

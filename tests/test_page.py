@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
 import re
 from collections.abc import AsyncIterator, Callable
 from http import HTTPStatus
@@ -17,7 +16,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 from websockets.asyncio.client import ClientConnection
@@ -27,41 +26,10 @@ from websockets.http11 import Request, Response
 from harness.clients import open_client, receive, register_confirmed, send_once
 from harness.servers import ROOT, Daphne, Nginx, Python, RedisServer, free_port, wait_until
 from notifications.protocol import GREETING
-from tests.programs import require_program
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 EXAMPLE_FILE = ROOT / "notifications" / "templates" / "notifications" / "example.html"
 CLIENT_FILE = ROOT / "notifications" / "static" / "notifications" / "notify-client.js"
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    chromium = require_program("chromium", install_hint="install Debian's chromium package (apt install chromium)")
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        yield browser
-        await browser.close()
-
-
-@pytest.fixture
-def artifacts(tmp_path: Path) -> Path:
-    """Where screenshots go: NOTIFY_ARTIFACTS when set (CI keeps them), else the test's temporary directory."""
-    configured = os.environ.get("NOTIFY_ARTIFACTS", "").strip()
-    if not configured:
-        return tmp_path
-    path = Path(configured)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 async def open_example(browser: Browser, url: str, *, state: str = "connected") -> Page:

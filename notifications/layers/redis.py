@@ -696,26 +696,23 @@ class _LoopLayer(RedisPubSubLoopLayer):
         pattern = f"{self.prefix}kept:*:p"
         for shard in self._shards:
             shard._ensure_redis()
-            keys: list[bytes] = []
-            async for key in shard._redis.scan_iter(match=pattern, count=1000):
-                keys.append(key)
-                if len(keys) >= PENDING_SCAN_LIMIT:
+            names: list[bytes] = []
+            async for name in shard._redis.scan_iter(match=pattern, count=1000):
+                names.append(name)
+                if len(names) >= PENDING_SCAN_LIMIT:
                     break
-            if not keys:
+            if not names:
                 continue
             pipe = shard._redis.pipeline(transaction=False)
-            for key in keys:
-                pipe.zcard(key)
+            for name in names:
+                pipe.zcard(name)
             sizes = await pipe.execute()
-            for key, size in zip(keys, sizes, strict=True):
+            for key, size in zip(names, sizes, strict=True):
                 if size:
                     base = key.decode()[: -len(":p")]
                     found.append((int(size), shard, KeptKeys(f"{base}:h", f"{base}:p", f"{base}:m", "")))
         found.sort(key=lambda item: -item[0])
-        ranked = []
-        for size, shard, keys in found[:limit]:
-            ranked.append((await self._pending_recipient(shard, keys), size))
-        return ranked
+        return [(await self._pending_recipient(shard, kept), size) for size, shard, kept in found[:limit]]
 
     async def _pending_recipient(self, shard: _Shard, keys: KeptKeys) -> str:
         """The id a pending set is for: read from its oldest notification (group names are digests)."""
@@ -728,7 +725,7 @@ class _LoopLayer(RedisPubSubLoopLayer):
                     return str(event.get("recipient", ""))
         return ""
 
-    async def problems(self, timeout: float) -> list[str]:
+    async def problems(self, timeout: float) -> list[str]:  # noqa: ASYNC109  (one bound per server, run at once)
         """What keeps this layer from working, one line per Redis server that does not answer in ``timeout``."""
 
         async def problem(index: int, shard: _Shard) -> str | None:
@@ -962,7 +959,7 @@ class RedisPubSubLayer(RedisPubSubChannelLayer):
         """The ids with the most pending notifications (see ``_LoopLayer.most_pending``)."""
         return await self._get_layer().most_pending(limit)
 
-    async def problems(self, timeout: float) -> list[str]:
+    async def problems(self, timeout: float) -> list[str]:  # noqa: ASYNC109
         """One line per Redis server that does not answer within ``timeout`` seconds; [] when all do."""
         return await self._get_layer().problems(timeout)
 

@@ -4,44 +4,44 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('notifications', '0003_process_counters_all'),
+        ("notifications", "0003_process_counters_all"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Dashboard',
-            fields=[
-            ],
+            name="Dashboard",
+            fields=[],
             options={
-                'verbose_name': 'dashboard',
-                'verbose_name_plural': 'dashboard',
-                'proxy': True,
-                'indexes': [],
-                'constraints': [],
+                "verbose_name": "dashboard",
+                "verbose_name_plural": "dashboard",
+                "proxy": True,
+                "indexes": [],
+                "constraints": [],
             },
-            bases=('notifications.serverprocess',),
+            bases=("notifications.serverprocess",),
         ),
         migrations.AddField(
-            model_name='serverprocess',
-            name='recent_undeliverable',
-            field=models.JSONField(blank=True, default=list, verbose_name='last undeliverable'),
+            model_name="serverprocess",
+            name="recent_undeliverable",
+            field=models.JSONField(blank=True, default=list, verbose_name="last undeliverable"),
         ),
         migrations.CreateModel(
-            name='ActivitySample',
+            name="ActivitySample",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('process_key', models.CharField(max_length=32, verbose_name='process id')),
-                ('process', models.CharField(max_length=300, verbose_name='process')),
-                ('started_at', models.DateTimeField(verbose_name='process started')),
-                ('minute', models.DateTimeField(db_index=True)),
-                ('counters', models.JSONField(default=dict)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("process_key", models.CharField(max_length=32, verbose_name="process id")),
+                ("process", models.CharField(max_length=300, verbose_name="process")),
+                ("started_at", models.DateTimeField(verbose_name="process started")),
+                ("minute", models.DateTimeField(db_index=True)),
+                ("counters", models.JSONField(default=dict)),
             ],
             options={
-                'verbose_name': 'activity sample',
-                'ordering': ['minute', 'process'],
-                'constraints': [models.UniqueConstraint(fields=('process_key', 'minute'), name='one_sample_per_process_minute')],
+                "verbose_name": "activity sample",
+                "ordering": ["minute", "process"],
+                "constraints": [
+                    models.UniqueConstraint(fields=("process_key", "minute"), name="one_sample_per_process_minute")
+                ],
             },
         ),
     ]
