@@ -64,6 +64,10 @@ BAD_SETTINGS: list[tuple[dict[str, Any], str]] = [
     ({"NOTIFICATIONS_MAX_CONNECTIONS_PER_ADDRESS": "5"}, "notifications.E028"),
     ({"NOTIFICATIONS_MAX_HANDSHAKES_PER_SECOND_PER_ADDRESS": 2.5}, "notifications.E028"),
     ({"NOTIFICATIONS_FLOOD_SECONDS": 0}, "notifications.E029"),
+    ({"NOTIFICATIONS_METRICS_KEY": "too-short-to-be-a-key"}, "notifications.E030"),
+    ({"NOTIFICATIONS_METRICS_KEY": 12345}, "notifications.E030"),
+    ({"NOTIFICATIONS_METRICS_ALLOWED_ADDRESSES": ["10.0.0.0/8", "the office"]}, "notifications.E031"),
+    ({"NOTIFICATIONS_METRICS_ALLOWED_ADDRESSES": "10.0.0.0/8"}, "notifications.E031"),
     ({"CHANNEL_LAYERS": {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}}, "notifications.W001"),
     ({"CHANNEL_LAYERS": {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer"}}}, "notifications.W001"),
 ]

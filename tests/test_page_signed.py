@@ -27,8 +27,8 @@ from harness.clients import open_client, send_once, send_v2
 from harness.servers import Daphne, Python, free_port, wait_until
 from notifications.tokens import SALT, TOKEN_EXPIRED, check_registration_token, registration_token
 from notifications.views import EXAMPLE_SETTINGS
-from tests.programs import require_program
-from tests.test_page import CHROMIUM_ARGS, CLIENT_FILE, EXAMPLE_FILE, UUID
+from tests.programs import CHROMIUM_ARGS, require_program
+from tests.test_page import CLIENT_FILE, EXAMPLE_FILE, UUID
 
 SIGNED = {"NOTIFY_REGISTRATION": "signed"}
 TOKEN_PATH = "/example/token/"
