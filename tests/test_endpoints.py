@@ -8,12 +8,16 @@ from typing import Any
 import pytest
 from channels.testing import HttpCommunicator
 from django.contrib.auth.models import Permission, User
+from django.core.asgi import get_asgi_application
 from django.core.management import call_command
 from django.test import Client
 
 from notifications import health
 from notifications.endpoints import OperatorEndpoints
-from notifyproject.asgi import application
+
+# The project's HTTP side as its ASGI module builds it, without importing that module:
+# importing it makes this process a server (start_server()), which the other tests must not find.
+application = OperatorEndpoints(get_asgi_application())
 
 KEY = "a-metrics-key-of-forty-characters-0123456"
 

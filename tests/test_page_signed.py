@@ -15,19 +15,18 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from django.core import signing
 from django.test import Client
-from playwright.async_api import Browser, Page, Request, Response, WebSocket, async_playwright, expect
+from playwright.async_api import Browser, Page, Request, Response, WebSocket, expect
 
 from harness.clients import open_client, send_once, send_v2
 from harness.servers import Daphne, Python, free_port, wait_until
 from notifications.tokens import SALT, TOKEN_EXPIRED, check_registration_token, registration_token
 from notifications.views import EXAMPLE_SETTINGS
-from tests.programs import CHROMIUM_ARGS, require_program
 from tests.test_page import CLIENT_FILE, EXAMPLE_FILE, UUID
 
 SIGNED = {"NOTIFY_REGISTRATION": "signed"}
@@ -35,15 +34,6 @@ TOKEN_PATH = "/example/token/"
 SETTINGS_ELEMENT = re.compile(
     rf'<script id="{EXAMPLE_SETTINGS}" type="application/json">(.*?)</script>\n</head>'.encode(), re.S
 )
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    chromium = require_program("chromium", install_hint="install Debian's chromium package (apt install chromium)")
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        yield browser
-        await browser.close()
 
 
 class Watched:
