@@ -33,8 +33,15 @@ from websockets.exceptions import ConnectionClosed
 from harness.clients import frame, is_probe, open_client, open_registered
 
 TIMEOUT = 30.0
-# Many clients at once: no keep-alive pings, no cap on what waits to be read.
-CONNECT_OPTIONS: dict[str, Any] = {"ping_interval": None, "close_timeout": TIMEOUT, "max_queue": None}
+# Many clients at once: no keep-alive pings, no cap on what waits to be read. No permessage-deflate:
+# daphne does not negotiate it and the baseline (websockets) would, so offering it would compare a
+# compressing server with one that does not; both run the same uncompressed wire format.
+CONNECT_OPTIONS: dict[str, Any] = {
+    "ping_interval": None,
+    "close_timeout": TIMEOUT,
+    "max_queue": None,
+    "compression": None,
+}
 
 
 _background: set[asyncio.Future[None]] = set()

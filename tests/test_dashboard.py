@@ -66,6 +66,7 @@ async def test_the_dashboard_shows_a_real_run_updates_itself_and_shows_client_te
     artifacts: Path,
     daphne_factory: Callable[..., Daphne],
     own_redis: RedisServer,
+    async_db: None,
 ) -> None:
     env = {"REDIS_URL": own_redis.url, "REDIS_PREFIX": "dashboard", **FAST_REGISTRY}
     first, second = daphne_factory(env), daphne_factory(env)

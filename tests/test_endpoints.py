@@ -43,14 +43,14 @@ def fresh_readiness() -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_without_a_key_or_addresses_the_metrics_endpoint_does_not_exist(settings: Any) -> None:
+async def test_without_a_key_or_addresses_the_metrics_endpoint_does_not_exist(async_db: None, settings: Any) -> None:
     settings.NOTIFICATIONS_METRICS_KEY = ""
     settings.NOTIFICATIONS_METRICS_ALLOWED_ADDRESSES = []
     assert (await ask("/metrics", headers=bearer(KEY)))["status"] == 404
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_with_a_key_only_the_right_bearer_key_reads_the_metrics(settings: Any) -> None:
+async def test_with_a_key_only_the_right_bearer_key_reads_the_metrics(async_db: None, settings: Any) -> None:
     settings.NOTIFICATIONS_METRICS_KEY = KEY
     settings.NOTIFICATIONS_METRICS_ALLOWED_ADDRESSES = []
     missing = await ask("/metrics")
@@ -65,7 +65,7 @@ async def test_with_a_key_only_the_right_bearer_key_reads_the_metrics(settings: 
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_with_addresses_only_those_addresses_and_networks_read_the_metrics(settings: Any) -> None:
+async def test_with_addresses_only_those_addresses_and_networks_read_the_metrics(async_db: None, settings: Any) -> None:
     settings.NOTIFICATIONS_METRICS_KEY = ""
     settings.NOTIFICATIONS_METRICS_ALLOWED_ADDRESSES = ["10.0.0.0/8", "2001:db8::1"]
     assert (await ask("/metrics", client="10.200.3.4"))["status"] == 200
@@ -77,7 +77,7 @@ async def test_with_addresses_only_those_addresses_and_networks_read_the_metrics
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_with_both_a_request_needs_the_key_and_an_allowed_address(settings: Any) -> None:
+async def test_with_both_a_request_needs_the_key_and_an_allowed_address(async_db: None, settings: Any) -> None:
     settings.NOTIFICATIONS_METRICS_KEY = KEY
     settings.NOTIFICATIONS_METRICS_ALLOWED_ADDRESSES = ["127.0.0.1"]
     assert (await ask("/metrics", headers=bearer(KEY)))["status"] == 200
@@ -86,7 +86,7 @@ async def test_with_both_a_request_needs_the_key_and_an_allowed_address(settings
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_the_probes_answer_get_and_head_and_refuse_other_methods() -> None:
+async def test_the_probes_answer_get_and_head_and_refuse_other_methods(async_db: None) -> None:
     health_answer = await ask("/healthz", headers=[(b"host", b"anything.invalid")])
     assert (health_answer["status"], health_answer["body"]) == (200, b'{"status": "ok"}\n')
     ready = await ask("/readyz")
@@ -99,7 +99,7 @@ async def test_the_probes_answer_get_and_head_and_refuse_other_methods() -> None
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_other_paths_go_to_django_unchanged() -> None:
+async def test_other_paths_go_to_django_unchanged(async_db: None) -> None:
     # Django still checks the Host header of everything else.
     assert (await ask("/admin/login/", headers=[(b"host", b"anything.invalid")]))["status"] == 400
     assert (await ask("/healthz/", headers=[(b"host", b"localhost")]))["status"] == 404  # only the exact paths
@@ -159,7 +159,7 @@ def test_the_metrics_settings_are_checked_without_showing_the_key(settings: Any,
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_a_draining_process_is_not_ready_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_draining_process_is_not_ready_at_once(async_db: None, monkeypatch: pytest.MonkeyPatch) -> None:
     assert (await ask("/readyz"))["status"] == 200  # and this answer is reused for half a second...
     monkeypatch.setattr("notifications.drain.is_draining", lambda: True)
     answer = await ask("/readyz")  # ...except once the drain began
@@ -170,6 +170,7 @@ async def test_a_draining_process_is_not_ready_at_once(monkeypatch: pytest.Monke
 
 @pytest.mark.django_db(transaction=True)
 async def test_an_unreachable_redis_makes_the_process_unready_naming_the_server_without_its_password(
+    async_db: None,
     settings: Any,
 ) -> None:
     from harness.servers import free_port
