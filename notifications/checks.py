@@ -7,7 +7,6 @@ README's settings table; a test asserts the exact list.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import re
 from typing import Any
@@ -17,6 +16,7 @@ from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 
 from notifications.conf import raw
+from notifications.networks import not_networks
 
 MIN_API_KEY_LENGTH = 32
 # Channels' group names: ASCII letters, digits, hyphens, underscores and periods, under 100 characters.
@@ -314,18 +314,33 @@ def check_metrics_access(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
             )
         )
     else:
-        for item in addresses:
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except ValueError:
-                errors.append(
-                    Error(
-                        f"NOTIFICATIONS_METRICS_ALLOWED_ADDRESSES: {item!r} is not an address or a network.",
-                        hint="Use addresses or networks such as 10.0.0.5, 10.0.0.0/8 or ::1.",
-                        id="notifications.E031",
-                    )
-                )
+        errors += _network_errors("METRICS_ALLOWED_ADDRESSES", addresses, "notifications.E031")
     return errors
+
+
+@register(Tags.security)
+def check_trusted_proxies(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    proxies = raw("TRUSTED_PROXIES")
+    if not _list_of_strings(proxies):
+        return [
+            Error(
+                f"NOTIFICATIONS_TRUSTED_PROXIES is a {type(proxies).__name__}; it must be a list of addresses or "
+                "networks.",
+                id="notifications.E032",
+            )
+        ]
+    return _network_errors("TRUSTED_PROXIES", proxies, "notifications.E032")
+
+
+def _network_errors(name: str, items: list[str], check_id: str) -> list[CheckMessage]:
+    return [
+        Error(
+            f"NOTIFICATIONS_{name}: {item!r} is not an address or a network.",
+            hint="Use addresses or networks such as 10.0.0.5, 10.0.0.0/8 or ::1.",
+            id=check_id,
+        )
+        for item in not_networks(items)
+    ]
 
 
 # What a channel layer other than the app's own loses, by what it is.

@@ -45,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_HANDSHAKES_PER_SECOND_PER_ADDRESS": 0,
     "METRICS_KEY": "",
     "METRICS_ALLOWED_ADDRESSES": [],
+    "TRUSTED_PROXIES": [],
 }
 
 
@@ -237,6 +238,16 @@ class Settings:
     def METRICS_ALLOWED_ADDRESSES(self) -> list[str]:
         """Addresses or networks (``10.0.0.0/8``) that may read ``/metrics``; [] allows any (with the key)."""
         return raw("METRICS_ALLOWED_ADDRESSES")  # type: ignore[no-any-return]
+
+    @property
+    def TRUSTED_PROXIES(self) -> list[str]:
+        """Addresses or networks of the proxies whose ``X-Real-IP`` and ``X-Forwarded-Proto`` are believed.
+
+        [] leaves it to daphne (``NOTIFY_BEHIND_PROXY``, which believes any
+        peer: daphne must then be reachable by the proxy alone). See
+        :class:`notifications.proxies.TrustedProxyHeaders`.
+        """
+        return raw("TRUSTED_PROXIES")  # type: ignore[no-any-return]
 
     @property
     def KEEPS(self) -> bool:

@@ -25,7 +25,6 @@ goes to the wrapped application unchanged.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -34,6 +33,7 @@ from channels.db import database_sync_to_async
 
 from notifications import health
 from notifications.conf import conf
+from notifications.networks import contains, networks
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -100,10 +100,11 @@ def metrics_refusal(scope: Scope) -> tuple[int, bytes, list[tuple[bytes, bytes]]
     not allowed, 401 without the right key: each condition that is set must hold.
     """
     key: str = conf.METRICS_KEY
-    networks = allowed_networks()
-    if not key and not networks:
+    allowed = networks(conf.METRICS_ALLOWED_ADDRESSES)
+    if not key and not allowed:
         return 404, _json({"error": "not found"}), [(b"content-type", JSON)]
-    if networks and not _address_allowed(scope, networks):
+    client = scope.get("client")
+    if allowed and not (client and contains(allowed, str(client[0]))):
         return 403, _json({"error": "this address may not read the metrics"}), [(b"content-type", JSON)]
     if key and not _has_key(scope, key):
         return (
@@ -115,27 +116,6 @@ def metrics_refusal(scope: Scope) -> tuple[int, bytes, list[tuple[bytes, bytes]]
             ],
         )
     return None
-
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def allowed_networks() -> list[Network]:
-    """``NOTIFICATIONS_METRICS_ALLOWED_ADDRESSES`` as networks (the system checks reject what does not parse)."""
-    return [ipaddress.ip_network(item, strict=False) for item in conf.METRICS_ALLOWED_ADDRESSES]
-
-
-def _address_allowed(scope: Scope, networks: list[Network]) -> bool:
-    client = scope.get("client")
-    if not client:
-        return False
-    try:
-        address = ipaddress.ip_address(str(client[0]).split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in network for network in networks)
 
 
 def _has_key(scope: Scope, key: str) -> bool:

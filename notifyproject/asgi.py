@@ -15,6 +15,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from notifications.endpoints import OperatorEndpoints  # noqa: E402
 from notifications.origins import NotificationOriginValidator  # noqa: E402
+from notifications.proxies import TrustedProxyHeaders  # noqa: E402
 from notifications.routing import websocket_urlpatterns  # noqa: E402
 from notifications.server import start_server  # noqa: E402
 
@@ -24,10 +25,13 @@ except ImproperlyConfigured as exc:
     # One line per failed check on standard error, exit status 1: no traceback.
     raise SystemExit("\n".join(f"Configuration error: {line}" for line in str(exc).splitlines())) from None
 
-application = ProtocolTypeRouter(
-    {
-        # /healthz, /readyz and /metrics are answered before Django (any Host, no log line per call).
-        "http": OperatorEndpoints(django_asgi_app),
-        "websocket": NotificationOriginValidator(URLRouter(websocket_urlpatterns)),
-    }
+# Forwarding headers are believed from NOTIFY_TRUSTED_PROXIES alone, when set (notifications/proxies.py).
+application = TrustedProxyHeaders(
+    ProtocolTypeRouter(
+        {
+            # /healthz, /readyz and /metrics are answered before Django (any Host, no log line per call).
+            "http": OperatorEndpoints(django_asgi_app),
+            "websocket": NotificationOriginValidator(URLRouter(websocket_urlpatterns)),
+        }
+    )
 )

@@ -149,6 +149,7 @@ APP_SETTINGS: dict[str, Callable[[Mapping[str, str], str], Any]] = {
     "MAX_HANDSHAKES_PER_SECOND_PER_ADDRESS": _integer(0),
     "METRICS_KEY": lambda environ, name: env_str(environ, name, ""),
     "METRICS_ALLOWED_ADDRESSES": lambda environ, name: env_list(environ, name, []),
+    "TRUSTED_PROXIES": lambda environ, name: env_list(environ, name, []),
 }
 
 

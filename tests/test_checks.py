@@ -68,6 +68,8 @@ BAD_SETTINGS: list[tuple[dict[str, Any], str]] = [
     ({"NOTIFICATIONS_METRICS_KEY": 12345}, "notifications.E030"),
     ({"NOTIFICATIONS_METRICS_ALLOWED_ADDRESSES": ["10.0.0.0/8", "the office"]}, "notifications.E031"),
     ({"NOTIFICATIONS_METRICS_ALLOWED_ADDRESSES": "10.0.0.0/8"}, "notifications.E031"),
+    ({"NOTIFICATIONS_TRUSTED_PROXIES": ["10.0.0.2", "nginx.internal"]}, "notifications.E032"),
+    ({"NOTIFICATIONS_TRUSTED_PROXIES": "10.0.0.2"}, "notifications.E032"),
     ({"CHANNEL_LAYERS": {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}}, "notifications.W001"),
     ({"CHANNEL_LAYERS": {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer"}}}, "notifications.W001"),
 ]

@@ -575,3 +575,15 @@ async def test_the_systemd_units_exec_start_serves_the_socket_units_address_with
     assert pid not in await announced_pids()
     log = service.log.read_text(errors="replace")
     assert '"WSCONNECT /"' in log and "Traceback" not in log, log  # the access log (stdout) and the server's log
+
+
+def test_nginx_gives_up_a_silent_upstream_just_after_the_ping_interval_and_timeout() -> None:
+    """daphne pings at least every NOTIFY_PING_INTERVAL, so a live upstream is never silent longer than
+    interval + timeout; nginx's timeouts sit just above that, so a vanished host is noticed in minutes."""
+    env = render("notify.env")
+    interval = int(re.search(r"^NOTIFY_PING_INTERVAL=(\d+)$", env, flags=re.MULTILINE).group(1))  # type: ignore[union-attr]
+    timeout = int(re.search(r"^NOTIFY_PING_TIMEOUT=(\d+)$", env, flags=re.MULTILINE).group(1))  # type: ignore[union-attr]
+    site = render("nginx/notify.conf")
+    for directive in ("proxy_read_timeout", "proxy_send_timeout"):
+        seconds = int(re.search(rf"^\s*{directive} (\d+)s;$", site, flags=re.MULTILINE).group(1))  # type: ignore[union-attr]
+        assert interval + timeout < seconds <= interval + timeout + 30, directive
