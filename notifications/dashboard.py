@@ -82,7 +82,7 @@ def snapshot(now: datetime | None = None) -> dict[str, Any]:
         },
         "last_minute": last_minute,
         "chart": chart,
-        "most_pending": [{"id": recipient, "count": count} for recipient, count in most_pending()],
+        **_most_pending(),
         "recent_undeliverable": recent,
         "reasons": metrics.UNDELIVERABLE_REASONS,
     }
@@ -121,6 +121,20 @@ def chart_series(now: datetime) -> dict[str, list[Any]]:
                 increase = _int(sample.counters, counter) - (_int(before.counters, counter) if before else 0)
                 series[name][at] += max(0, increase)
     return {"minutes": [minute.isoformat() for minute in minutes], **series}
+
+
+def _most_pending() -> dict[str, Any]:
+    """The ids with the most pending notifications, or why they could not be read (Redis down)."""
+    try:
+        ranked = most_pending()
+    except Exception as exc:
+        text = str(exc).strip()
+        detail = f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+        return {"most_pending": [], "most_pending_error": f"the channel layer did not answer ({detail})"}
+    return {
+        "most_pending": [{"id": recipient, "count": count} for recipient, count in ranked],
+        "most_pending_error": "",
+    }
 
 
 def most_pending(limit: int = MOST_PENDING) -> list[tuple[str, int]]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -34,6 +35,8 @@ from channels.db import database_sync_to_async
 from notifications import health
 from notifications.conf import conf
 from notifications.networks import contains, networks
+
+logger = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -89,7 +92,12 @@ class OperatorEndpoints:
         # Imported here: this module is imported by the launch line before Django is set up.
         from notifications import prometheus
 
-        body = await database_sync_to_async(prometheus.exposition)()
+        try:
+            body = await database_sync_to_async(prometheus.exposition)()
+        except Exception as exc:  # the registry's database does not answer: say so in one line
+            reason = f"the registry's database does not answer: {type(exc).__name__}: {_first_line(exc)}"
+            logger.warning("/metrics: %s", reason)
+            return 503, _json({"error": reason}), [(b"content-type", JSON)]
         return 200, body, [(b"content-type", prometheus.CONTENT_TYPE.encode())]
 
 
@@ -124,6 +132,11 @@ def _has_key(scope: Scope, key: str) -> bool:
             scheme, _, given = value.partition(b" ")
             return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), key.encode())
     return False
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def _json(value: dict[str, Any]) -> bytes:

@@ -187,3 +187,23 @@ async def test_an_unreachable_redis_makes_the_process_unready_naming_the_server_
     reason = json.loads(answer["body"])["reason"]
     assert reason.startswith(f"Redis 0 (redis://:***@127.0.0.1:{port}/0) does not answer: ")
     assert "hunter2" not in reason
+
+
+@pytest.mark.django_db
+def test_the_dashboard_says_when_the_channel_layer_cannot_say_what_is_pending(settings: Any) -> None:
+    from harness.servers import free_port
+
+    settings.ALLOWED_HOSTS = ["testserver"]
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "notifications.layers.redis.RedisPubSubLayer",
+            "CONFIG": {"hosts": [f"redis://127.0.0.1:{free_port()}/0"]},
+        }
+    }
+    client = Client()
+    client.force_login(User.objects.create_superuser("ops", password="x"))
+    answer = client.get("/admin/notifications/dashboard/data/")
+    assert answer.status_code == 200
+    data = answer.json()
+    assert data["most_pending"] == []
+    assert data["most_pending_error"].startswith("the channel layer did not answer (ConnectionError")

@@ -299,3 +299,19 @@ async def test_with_log_format_json_every_line_the_server_writes_under_load_is_o
     assert any(r.get("code") == 1000 and "disconnected" in r["message"] for r in records)
     assert any(r["level"] == "WARNING" and "ignored" in r["message"] and "connection" in r for r in records)
     assert '"WSCONNECT /"' in access_log.read_text()
+
+
+async def test_without_its_database_a_process_answers_metrics_with_503_and_one_line(
+    daphne_factory: Callable[..., Daphne],
+) -> None:
+    from harness.servers import free_port
+
+    server = daphne_factory(
+        {"DATABASE_URL": f"postgres://postgres@127.0.0.1:{free_port()}/gone", "NOTIFY_METRICS_KEY": KEY}
+    )
+    answer = await aget(f"{server.http_url}/metrics", {"Authorization": f"Bearer {KEY}"})
+    assert answer.status == 503
+    assert json.loads(answer.body)["error"].startswith("the registry's database does not answer: OperationalError")
+    assert (await aget(f"{server.http_url}/readyz")).status == 503
+    assert (await aget(f"{server.http_url}/healthz")).status == 200
+    assert "Traceback" not in server.log()

@@ -104,7 +104,7 @@
     fill("most-pending", data.most_pending, [
       { value: function (p) { return p.id || "(id not known)"; } },
       { value: function (p) { return p.count; }, number: true },
-    ], "Nothing is pending.");
+    ], data.most_pending_error ? "Unknown: " + data.most_pending_error : "Nothing is pending.");
     fill("recent-undeliverable", data.recent_undeliverable, [
       { value: function (e) { return new Date(e.at).toLocaleString(); } },
       { value: function (e) { return data.reasons[e.reason] || e.reason; } },
