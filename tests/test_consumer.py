@@ -246,3 +246,27 @@ async def test_a_notification_racing_its_connections_close_reaches_it_or_the_nex
         await new.disconnect()
         outcomes.append((sent_to_old.count("done"), sent_to_new.count("done")))
     assert all(old + new == 1 for old, new in outcomes), outcomes
+
+
+async def test_resumes_are_counted_by_whether_they_recovered_and_refused_extra_ids_by_the_limit(
+    settings: pytest.FixtureRequest,
+) -> None:
+    settings.NOTIFICATIONS_MAX_IDS_PER_CONNECTION = 1
+    before = metrics.snapshot()
+    async with connected() as client:
+        await client.send_json_to({"recipient_uuid": "resumer", "message": "connected", "v": 2, "since": "x:1-1"})
+        first = await client.receive_json_from()
+        assert (first["type"], first["recovered"]) == ("registered", False)
+        newest = first["position"]
+        # Again on the same connection, from where it is: nothing was missed.
+        await client.send_json_to({"recipient_uuid": "resumer", "message": "connected", "v": 2, "since": newest})
+        assert (await client.receive_json_from())["recovered"] is True
+        await client.send_json_to({"recipient_uuid": "second-id", "message": "connected", "v": 2})
+        assert (await client.receive_json_from())["code"] == "limit"
+    after = metrics.snapshot()
+
+    def grew(name: str) -> int:
+        return after.get(name, 0) - before.get(name, 0)
+
+    assert (grew(metrics.RESUMES_NOT_RECOVERED), grew(metrics.RESUMES_RECOVERED)) == (1, 1)
+    assert grew(metrics.IDS_LIMITED) == 1
