@@ -20,6 +20,16 @@ DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "latest.json"
 QUICK_OUTPUT = DEFAULT_OUTPUT.with_name("quick.json")
 
 
+def _counts(parser: argparse.ArgumentParser, text: str) -> list[int]:
+    try:
+        counts = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        parser.error(f"--processes {text!r}: give process counts of 1 or more, comma-separated, e.g. 1,2")
+    return counts
+
+
 def parse_args(argv: list[str]) -> tuple[Options, Path]:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run: few messages and connections, short windows")
@@ -29,7 +39,11 @@ def parse_args(argv: list[str]) -> tuple[Options, Path]:
         help=f"comma-separated, from: {', '.join(SERVERS)} (the last three: the project with another layer)",
     )
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated: mass, idle, relay, resume")
-    parser.add_argument("--processes", type=int, default=1, help="daphne processes of the project (default 1)")
+    parser.add_argument(
+        "--processes",
+        default="1",
+        help="daphne processes of the project, comma-separated: one run per count, e.g. 1,2 (default 1)",
+    )
     parser.add_argument("--seconds", type=float, help="length of each relay run (default 10)")
     parser.add_argument("--connections", help="idle connection counts, comma-separated (default 2000,10000)")
     parser.add_argument("--log-level", default="WARNING", help="LOG_LEVEL of the servers (default WARNING)")
@@ -37,7 +51,7 @@ def parse_args(argv: list[str]) -> tuple[Options, Path]:
     args = parser.parse_args(argv)
     options = Options(
         servers=[s.strip() for s in args.servers.split(",") if s.strip()],
-        processes=args.processes,
+        processes=_counts(parser, args.processes),
         log_level=args.log_level,
         redis_url=os.environ.get("REDIS_URL", "").strip(),
         database_url=os.environ.get("DATABASE_URL", "").strip(),

@@ -92,6 +92,11 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, str | None]]:
     return lines
 
 
+def _processes(counts: Any) -> str:
+    """The process counts of a run (a number in reports written before several counts were allowed)."""
+    return " and ".join(str(n) for n in counts) if isinstance(counts, list) else str(counts)
+
+
 def table(report: dict[str, Any]) -> str:
     results = report["results"]
     names = list(results)
@@ -126,7 +131,7 @@ def table(report: dict[str, Any]) -> str:
     lines.append(
         f"\n{report['when']}; {machine['cpu']}, {machine['cores']} cores, {machine['memory_gb']} GB, "
         f"Python {machine['python']}, {machine['system']}; load average at start {machine['load_average_at_start']}; "
-        f"{report['options']['processes']} daphne process(es), LOG_LEVEL={report['options']['log_level']}; "
+        f"{_processes(report['options']['processes'])} daphne process(es), LOG_LEVEL={report['options']['log_level']}; "
         "wire format: uncompressed on both servers (the load generator offers no permessage-deflate)."
     )
     return "\n".join(lines)

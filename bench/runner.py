@@ -58,7 +58,7 @@ UNDELIVERABLE_REASONS = ("layer_full", "not_reading", "missed", "unhandled_frame
 @dataclass
 class Options:
     servers: list[str]
-    processes: int = 1
+    processes: list[int] = field(default_factory=lambda: [1])  # daphne processes of the project, one run each
     rates: list[int] = field(default_factory=lambda: [400, 2000])
     seconds: float = 10.0
     saturation_limit: int = 50_000
@@ -177,7 +177,7 @@ class Environment:
 
 
 @contextmanager
-def start_server(name: str, env_: Environment) -> Iterator[Running]:
+def start_server(name: str, env_: Environment, processes: int = 1) -> Iterator[Running]:
     workdir = env_.workdir
     if name == "baseline":
         port = free_port()
@@ -199,7 +199,7 @@ def start_server(name: str, env_: Environment) -> Iterator[Running]:
     if name in VARIANTS:
         env.update({"DJANGO_SETTINGS_MODULE": "bench.settings", "BENCH_CHANNEL_LAYER": VARIANTS[name]})
     env.update(SETTINGS_VARIANTS.get(name, {}))
-    daphnes = [start_daphne(env=env, log_dir=workdir) for _ in range(env_.options.processes)]
+    daphnes = [start_daphne(env=env, log_dir=workdir) for _ in range(processes)]
     client = redis.Redis.from_url(env_.redis_url)
     redis_pid = env_.redis_server.process.pid if env_.redis_server and env_.redis_server.process else None
     try:
@@ -489,16 +489,16 @@ async def attempt(scenario: Any) -> dict[str, Any]:
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
-async def measure(name: str, env_: Environment, options: Options, progress: Any) -> dict[str, Any]:
-    result: dict[str, Any] = {"server": name}
+async def measure(name: str, env_: Environment, options: Options, progress: Any, processes: int = 1) -> dict[str, Any]:
+    result: dict[str, Any] = {"server": name, "processes": 1 if name == "baseline" else processes}
     if "mass" in options.scenarios:
-        with start_server(name, env_) as server:
+        with start_server(name, env_, processes) as server:
             progress(f"{name}: connect+register {options.mass} at once, then disconnect them at once")
             result["mass"] = await attempt(
                 idle(server, count=options.mass, workers=1, concurrency=options.mass, settle=options.settle)
             )
     for count in options.connections if "idle" in options.scenarios else ():
-        with start_server(name, env_) as server:
+        with start_server(name, env_, processes) as server:
             progress(f"{name}: {count} idle registered connections")
             result[f"idle_{count}"] = await attempt(
                 idle(
@@ -510,12 +510,12 @@ async def measure(name: str, env_: Environment, options: Options, progress: Any)
                 )
             )
     if "resume" in options.scenarios and name != "baseline":  # v1 only: nothing to resume
-        with start_server(name, env_) as server:
+        with start_server(name, env_, processes) as server:
             progress(f"{name}: resume {RESUME_COUNT} missed notifications, {RESUME_ROUNDS} times")
             result["resume"] = await attempt(resume(server, count=RESUME_COUNT, rounds=RESUME_ROUNDS))
     if "relay" not in options.scenarios:
         return result
-    with start_server(name, env_) as server:
+    with start_server(name, env_, processes) as server:
         progress(f"{name}: warm-up")
         warm = await attempt(relay(server, rate=1000, seconds=1, limit=1000, drain=5))
         if "error" in warm:
@@ -561,7 +561,11 @@ async def run(options: Options, progress: Any) -> dict[str, Any]:
         host = machine()
         try:
             started = time.time()
-            results = {name: await measure(name, env_, options, progress) for name in options.servers}
+            results = {}
+            for name in options.servers:
+                for processes in [1] if name == "baseline" else options.processes:
+                    key = name if processes == 1 else f"{name} x{processes}"
+                    results[key] = await measure(name, env_, options, progress, processes)
         finally:
             for worker in _workers:  # left over when a scenario failed
                 worker.kill()

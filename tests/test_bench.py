@@ -37,3 +37,37 @@ def test_the_quick_benchmark_runs_both_servers_and_loses_nothing(redis_url: str,
             assert run["registered"] == run["connections"], (name, scenario, run)
             assert run["closed_by_server"] == {} and run["close_errors"] == 0, (name, scenario, run)
     assert results["project"]["mass"]["stale_group_subscriptions"] == 0
+
+
+def test_the_benchmark_measures_one_and_two_processes_in_one_run(redis_url: str, tmp_path: Path) -> None:
+    output = tmp_path / "bench.json"
+    env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
+    env["REDIS_URL"] = redis_url
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--scenarios", "relay", "--servers", "baseline,project"]
+        + ["--processes", "1,2", "--output", str(output)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "1 and 2 daphne process(es)" in done.stdout
+    results = json.loads(output.read_text())["results"]
+    assert [(name, result["processes"]) for name, result in results.items()] == [
+        ("baseline", 1),
+        ("project", 1),
+        ("project x2", 2),
+    ]
+    for run in (results["project"]["saturation"], results["project x2"]["saturation"]):
+        assert run["sent"] > 0 and (run["lost"], run["duplicated"], run["misrouted"]) == (0, 0, 0), run
+
+
+def test_a_process_count_that_is_no_count_is_one_line() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--processes", "1,two"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert "--processes '1,two': give process counts of 1 or more" in done.stderr
+    assert "Traceback" not in done.stderr
