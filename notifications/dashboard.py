@@ -17,10 +17,10 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.db.models import Count
 from django.utils import timezone
 
 from notifications import metrics
+from notifications.exceptions import one_line
 from notifications.models import ActivitySample, Registration, ServerProcess
 
 MINUTES = 60  # the chart's span
@@ -38,12 +38,7 @@ def snapshot(now: datetime | None = None) -> dict[str, Any]:
     """The dashboard's data as of ``now`` (default: this moment)."""
     now = now or timezone.now()
     processes = list(ServerProcess.objects.alive().with_liveness().order_by("host", "pid"))
-    ids = dict(
-        Registration.objects.alive()
-        .values("connection__process_id")
-        .annotate(n=Count("recipient", distinct=True))
-        .values_list("connection__process_id", "n")
-    )
+    ids = Registration.objects.alive().ids_by_process()
     rows = [
         {
             "process": f"{p.host}:{p.pid}",
@@ -78,7 +73,7 @@ def snapshot(now: datetime | None = None) -> dict[str, Any]:
         "total": {
             "processes": len(rows),
             "connections": sum(r["connections"] for r in rows),
-            "registered_ids": Registration.objects.alive().values("recipient").distinct().count(),
+            "registered_ids": Registration.objects.alive().distinct_ids(),
         },
         "last_minute": last_minute,
         "chart": chart,
@@ -128,9 +123,7 @@ def _most_pending() -> dict[str, Any]:
     try:
         ranked = most_pending()
     except Exception as exc:
-        text = str(exc).strip()
-        detail = f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
-        return {"most_pending": [], "most_pending_error": f"the channel layer did not answer ({detail})"}
+        return {"most_pending": [], "most_pending_error": f"the channel layer did not answer ({one_line(exc)})"}
     return {
         "most_pending": [{"id": recipient, "count": count} for recipient, count in ranked],
         "most_pending_error": "",

@@ -34,6 +34,7 @@ from channels.db import database_sync_to_async
 
 from notifications import health
 from notifications.conf import conf
+from notifications.exceptions import one_line
 from notifications.networks import contains, networks
 
 logger = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ class OperatorEndpoints:
         try:
             body = await database_sync_to_async(prometheus.exposition)()
         except Exception as exc:  # the registry's database does not answer: say so in one line
-            reason = f"the registry's database does not answer: {type(exc).__name__}: {_first_line(exc)}"
+            reason = f"the registry's database does not answer: {one_line(exc)}"
             logger.warning("/metrics: %s", reason)
             return 503, _json({"error": reason}), [(b"content-type", JSON)]
         return 200, body, [(b"content-type", prometheus.CONTENT_TYPE.encode())]
@@ -132,11 +133,6 @@ def _has_key(scope: Scope, key: str) -> bool:
             scheme, _, given = value.partition(b" ")
             return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), key.encode())
     return False
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
 
 
 def _json(value: dict[str, Any]) -> bytes:

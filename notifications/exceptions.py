@@ -23,3 +23,9 @@ class DeliveryFailed(RuntimeError):
     def __init__(self, message: str, *, sent: Sequence[SendResult] = ()) -> None:
         super().__init__(message)
         self.sent = list(sent)
+
+
+def one_line(exc: BaseException) -> str:
+    """An error as one line for a log or an answer: its type, and the first line of its text if any."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__

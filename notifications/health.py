@@ -21,6 +21,7 @@ from channels.layers import get_channel_layer
 from django.db import connection
 
 from notifications import drain
+from notifications.exceptions import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +52,7 @@ async def _database_problem() -> str | None:
     except TimeoutError:
         return f"the database did not answer in {TIMEOUT:g} s"
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        return f"the database does not answer: {type(exc).__name__}: {first}"
+        return f"the database does not answer: {one_line(exc)}"
     return None
 
 

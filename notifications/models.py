@@ -100,6 +100,18 @@ class RegistrationQuerySet(models.QuerySet["Registration"]):
         """Registrations of connections whose process still beats its heartbeat."""
         return self.filter(connection__process__heartbeat_at__gte=liveness_cutoff())
 
+    def ids_by_process(self) -> dict[str, int]:
+        """How many distinct ids these registrations hold, by server process id."""
+        return dict(
+            self.values("connection__process_id")
+            .annotate(n=models.Count("recipient", distinct=True))
+            .values_list("connection__process_id", "n")
+        )
+
+    def distinct_ids(self) -> int:
+        """How many distinct ids these registrations hold in all."""
+        return self.values("recipient").distinct().count()
+
 
 def purge_processes(process_ids: list[str]) -> PurgeResult:
     """Delete these processes' rows (call inside a transaction that locked them)."""

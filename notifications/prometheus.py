@@ -27,7 +27,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import Count
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -154,13 +153,8 @@ def _processes() -> tuple[list[ProcessFigures], int]:
     if not conf.REGISTRY_ENABLED or not registry.started:
         return [ProcessFigures(this_process(), own_counters, registry.table.registered_ids())], 0
     rows = list(ServerProcess.objects.alive().order_by("host", "pid"))
-    ids = dict(
-        Registration.objects.alive()
-        .values("connection__process_id")
-        .annotate(n=Count("recipient", distinct=True))
-        .values_list("connection__process_id", "n")
-    )
-    total_ids = Registration.objects.alive().values("recipient").distinct().count()
+    alive = Registration.objects.alive()
+    ids, total_ids = alive.ids_by_process(), alive.distinct_ids()
     found = []
     for row in rows:
         own = row.pk == registry.process_id

@@ -11,18 +11,23 @@ from pathlib import Path
 from harness.servers import ROOT
 
 
-def test_the_quick_benchmark_runs_both_servers_and_loses_nothing(redis_url: str, tmp_path: Path) -> None:
-    output = tmp_path / "bench.json"
+def run_bench(redis_url: str, output: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m bench --quick ARGS`` on the suite's Redis and an SQLite file of its own."""
     env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
     env["REDIS_URL"] = redis_url
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--output", str(output)],
+    return subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", *args, "--output", str(output)],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=180,
     )
+
+
+def test_the_quick_benchmark_runs_both_servers_and_loses_nothing(redis_url: str, tmp_path: Path) -> None:
+    output = tmp_path / "bench.json"
+    done = run_bench(redis_url, output)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| metric" in done.stdout and "project / baseline" in done.stdout
     results = json.loads(output.read_text())["results"]
@@ -41,17 +46,7 @@ def test_the_quick_benchmark_runs_both_servers_and_loses_nothing(redis_url: str,
 
 def test_the_benchmark_measures_one_and_two_processes_in_one_run(redis_url: str, tmp_path: Path) -> None:
     output = tmp_path / "bench.json"
-    env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
-    env["REDIS_URL"] = redis_url
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--scenarios", "relay", "--servers", "baseline,project"]
-        + ["--processes", "1,2", "--output", str(output)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    done = run_bench(redis_url, output, "--scenarios", "relay", "--servers", "baseline,project", "--processes", "1,2")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "1 and 2 daphne process(es)" in done.stdout
     results = json.loads(output.read_text())["results"]
