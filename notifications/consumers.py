@@ -15,8 +15,16 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from notifications import backpressure, limits, metrics
 from notifications.conf import conf
 from notifications.dispatch import SerialDispatchMixin
-from notifications.exceptions import DeliveryFailed
-from notifications.layers import MAX_POSITION_LENGTH, KeptNotification, Replay, is_after, position_order, sent_between
+from notifications.exceptions import DeliveryFailed, one_line
+from notifications.layers import (
+    MAX_POSITION_LENGTH,
+    KeptNotification,
+    Replay,
+    is_after,
+    position_order,
+    sent_between,
+    sent_later,
+)
 from notifications.protocol import (
     GREETING,
     NO_SINCE,
@@ -251,11 +259,6 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
             # Where this registration begins, read before joining: whatever is sent from
             # then on either reaches it live or is in what it takes after joining.
             start = await newest(recipient)
-            if not self.in_broadcast:
-                # The first registration also joins the broadcast group: a
-                # broadcast reaches every registered connection once, whatever its ids.
-                self.in_broadcast = True
-                await self.channel_layer.group_add(broadcast_group(), self.channel_name)
             await self.channel_layer.group_add(registration.group, self.channel_name)
         except Exception as exc:
             # The channel layer is unreachable (Redis down). A connection that looks
@@ -274,6 +277,8 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
             await self._close(CLOSE_TRY_AGAIN_LATER, "channel layer unavailable")
             return
         registration.cursor = start
+        if not self.in_broadcast:
+            await self._join_broadcast()
         registry.registered(self.temp_id, recipient)
         self.log.info("Client %s registered as %s", self.temp_id, describe(recipient))
         try:
@@ -306,6 +311,21 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
                 registration.cursor = since
         if replay is not None and replay.notifications:
             await self._replay(recipient, registration, replay.notifications)
+
+    async def _join_broadcast(self) -> None:
+        """The first registration also joins the broadcast group: a broadcast reaches every registered
+        connection once, whatever its ids. With sharded Redis the broadcast group lives on one shard;
+        if that one is down, the registration stands (its id's shard answered) and the layer keeps
+        trying to subscribe the group until it can."""
+        self.in_broadcast = True  # noted first: the layer notes the member even when subscribing fails
+        try:
+            await self.channel_layer.group_add(broadcast_group(), self.channel_name)
+        except Exception as exc:
+            self.log.warning(
+                "Client %s registered, but joining the broadcast group failed (%s); retried in the background",
+                self.temp_id,
+                one_line(exc),
+            )
 
     def _since(self, action: Register) -> str | None:
         """The registration's ``since`` if it can be a position; None (and a log line) otherwise."""
@@ -390,7 +410,9 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
             return
         # v1: late rather than never for what is still kept after its last one; the rest is lost to it.
         late = [
-            k for k in (replay.notifications if replay is not None else []) if is_after(k.position, registration.cursor)
+            k
+            for k in (replay.notifications if replay is not None else [])
+            if sent_later(k.position, registration.cursor)
         ]
         sent = sent_between(registration.cursor, replay.newest) if replay is not None else None
         if sent is None or sent < len(late):

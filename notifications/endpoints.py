@@ -82,6 +82,8 @@ class OperatorEndpoints:
 
     async def readyz(self, scope: Scope) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
         answer = await health.readiness()
+        if answer.ready and answer.reason != "ready":
+            return 200, _json({"status": "ready", "degraded": answer.reason}), [(b"content-type", JSON)]
         if answer.ready:
             return 200, _json({"status": "ready"}), [(b"content-type", JSON)]
         return 503, _json({"status": "unavailable", "reason": answer.reason}), [(b"content-type", JSON)]

@@ -2,7 +2,8 @@
 
 Ready means: the process is not draining, the database answers a query, and
 every Redis server of the channel layer answers a PING, each within
-:data:`TIMEOUT`. Load balancers call this every second or so, from several
+:data:`TIMEOUT`; with sharded Redis, at least one shard answers (the others'
+ids wait for theirs, and the answer names them: "degraded"). Load balancers call this every second or so, from several
 places: an answer is reused for :data:`REUSE_SECONDS`, so the checks run at
 most a few times a second whatever the number of callers. A change of the
 answer is logged once (WARNING when it turns unready, INFO when ready again),
@@ -37,7 +38,7 @@ class Readiness:
 
 _last: tuple[float, Readiness] | None = None
 _checking: asyncio.Future[Readiness] | None = None
-_reported = True  # what was logged last: ready (nothing logged at start)
+_reported = "ready"  # the state logged last: ready, degraded or unready (nothing is logged at start)
 
 
 def _query_database() -> None:
@@ -56,25 +57,32 @@ async def _database_problem() -> str | None:
     return None
 
 
-async def _layer_problems() -> list[str]:
+async def _layer_problems() -> tuple[list[str], list[str]]:
+    """What keeps the channel layer from working, and what degrades it (shards down while others answer)."""
     layer = get_channel_layer()
     if layer is None:
-        return ["no channel layer is configured (CHANNEL_LAYERS)"]
+        return ["no channel layer is configured (CHANNEL_LAYERS)"], []
     check = getattr(layer, "problems", None)
     if check is None:  # a layer of another kind: nothing to ask it
-        return []
+        return [], []
     try:
-        return list(await asyncio.wait_for(check(TIMEOUT), TIMEOUT + 0.5))
+        problems = list(await asyncio.wait_for(check(TIMEOUT), TIMEOUT + 0.5))
     except TimeoutError:
-        return [f"the channel layer did not answer in {TIMEOUT:g} s"]
+        return [f"the channel layer did not answer in {TIMEOUT:g} s"], []
+    if problems and len(problems) < getattr(layer, "shard_count", 1):
+        # Sharded: a shard that is down affects its own ids only; the process serves the rest.
+        return [], problems
+    return problems, []
 
 
 async def _check() -> Readiness:
     if drain.is_draining():
         return Readiness(False, "draining: this process is stopping")
-    database, layer = await asyncio.gather(_database_problem(), _layer_problems())
+    database, (layer, degraded) = await asyncio.gather(_database_problem(), _layer_problems())
     problems = ([database] if database else []) + layer
-    return Readiness(not problems, "; ".join(problems) if problems else "ready")
+    if problems:
+        return Readiness(False, "; ".join(problems + degraded))
+    return Readiness(True, "degraded: " + "; ".join(degraded) if degraded else "ready")
 
 
 async def readiness() -> Readiness:
@@ -87,16 +95,19 @@ async def readiness() -> Readiness:
         _checking = asyncio.ensure_future(_check())
     answer = await asyncio.shield(_checking)
     _last = (time.monotonic(), answer)
-    if answer.ready != _reported:
-        _reported = answer.ready
-        if answer.ready:
-            logger.info("Ready again: the database and the channel layer answer")
-        else:
+    state = "ready" if answer.reason == "ready" else "degraded" if answer.ready else "unready"
+    if state != _reported:
+        if state == "unready":
             logger.warning("Not ready: %s", answer.reason)
+        elif state == "degraded":
+            logger.warning("Ready, %s", answer.reason)
+        else:
+            logger.info("Ready again: the database and the channel layer answer")
+        _reported = state
     return answer
 
 
 def forget() -> None:
     """Forget the last answer (tests)."""
     global _last, _checking, _reported
-    _last, _checking, _reported = None, None, True
+    _last, _checking, _reported = None, None, "ready"

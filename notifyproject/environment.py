@@ -94,6 +94,48 @@ def env_redis_url(environ: Mapping[str, str], name: str) -> str:
     return value
 
 
+def _host_port(item: str, name: str) -> tuple[str, int]:
+    host, colon, port = item.rpartition(":")
+    host = host.strip("[]")
+    if not (colon and host and port.isdigit() and 0 < int(port) < 65536):
+        raise ConfigurationError(f"{name}: {item!r} is not host:port.")
+    return host, int(port)
+
+
+def env_redis_hosts(environ: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The channel layer's Redis servers, as channels-redis's ``hosts``; [] when Redis is not configured.
+
+    ``REDIS_URL`` holds one address, or several separated by commas (shards: each id lives on
+    one of them). ``REDIS_SENTINELS`` (host:port,host:port) with ``REDIS_SENTINEL_MASTER``
+    names a Sentinel-managed Redis instead; ``REDIS_PASSWORD`` is the master's password and
+    ``REDIS_SENTINEL_PASSWORD`` the sentinels' own, when they have one.
+    """
+    urls = env_list(environ, "REDIS_URL", [])
+    sentinels = env_list(environ, "REDIS_SENTINELS", [])
+    master = env_str(environ, "REDIS_SENTINEL_MASTER", "")
+    if urls and sentinels:
+        raise ConfigurationError("REDIS_URL and REDIS_SENTINELS are both set; use one of them.")
+    if sentinels:
+        if not master:
+            raise ConfigurationError("REDIS_SENTINELS is set without REDIS_SENTINEL_MASTER, the master's name.")
+        host: dict[str, Any] = {
+            "master_name": master,
+            "sentinels": [_host_port(item, "REDIS_SENTINELS") for item in sentinels],
+        }
+        if password := env_str(environ, "REDIS_PASSWORD", ""):
+            host["password"] = password
+        if sentinel_password := env_str(environ, "REDIS_SENTINEL_PASSWORD", ""):
+            host["sentinel_kwargs"] = {"password": sentinel_password}
+        return [host]
+    if master:
+        raise ConfigurationError("REDIS_SENTINEL_MASTER is set without REDIS_SENTINELS, the sentinels' addresses.")
+    for index, url in enumerate(urls):
+        env_redis_url({"REDIS_URL": url}, "REDIS_URL")
+        if url in urls[:index]:
+            raise ConfigurationError(f"REDIS_URL names {url!r} twice; each shard is a different Redis.")
+    return [{"address": url} for url in urls]
+
+
 def env_choice(environ: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
     value = env_str(environ, name, default).lower()
     if value not in choices:

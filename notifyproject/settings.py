@@ -19,7 +19,7 @@ from notifyproject.environment import (
     env_int,
     env_list,
     env_log_level,
-    env_redis_url,
+    env_redis_hosts,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -162,14 +162,15 @@ if HTTPS:
     SECURE_SSL_REDIRECT = BEHIND_PROXY
 
 # Channel layers: the in-memory layer for one process (nothing to install),
-# Redis pub/sub through channels-redis when REDIS_URL is set (several daphne
-# processes on one or many hosts). See notifications/layers.py for why pub/sub.
-REDIS_URL = env_redis_url(ENV, "REDIS_URL")
-if REDIS_URL:
+# Redis pub/sub through channels-redis when REDIS_URL (one Redis, or several
+# comma-separated shards) or REDIS_SENTINELS is set: several daphne processes
+# on one or many hosts. See notifications/layers/redis.py.
+REDIS_HOSTS = env_redis_hosts(ENV)
+if REDIS_HOSTS:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "notifications.layers.redis.RedisPubSubLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": os.environ.get("REDIS_PREFIX", "notify")},
+            "CONFIG": {"hosts": REDIS_HOSTS, "prefix": os.environ.get("REDIS_PREFIX", "notify")},
         }
     }
 else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import pytest
@@ -15,6 +16,7 @@ from notifyproject.environment import (
     env_int,
     env_list,
     env_log_level,
+    env_redis_hosts,
     env_redis_url,
     env_seconds,
     env_websocket_url,
@@ -68,6 +70,47 @@ def test_addresses_and_log_levels_are_checked() -> None:
     assert env_log_level({"L": "warning"}, "L", "INFO") == "WARNING"
     with pytest.raises(ConfigurationError, match="is not a log level"):
         env_log_level({"L": "LOUD"}, "L", "INFO")
+
+
+def test_redis_is_one_url_several_shards_or_a_sentinel_managed_master() -> None:
+    assert env_redis_hosts({}) == []
+    assert env_redis_hosts({"REDIS_URL": "redis://r:6379/0"}) == [{"address": "redis://r:6379/0"}]
+    assert env_redis_hosts({"REDIS_URL": "redis://a:6379/0, redis://b:6379/0,"}) == [
+        {"address": "redis://a:6379/0"},
+        {"address": "redis://b:6379/0"},
+    ]
+    sentinel = {
+        "REDIS_SENTINELS": "s1:26379,[::1]:26380",
+        "REDIS_SENTINEL_MASTER": "notify",
+        "REDIS_PASSWORD": "master-secret",
+        "REDIS_SENTINEL_PASSWORD": "sentinel-secret",
+    }
+    assert env_redis_hosts(sentinel) == [
+        {
+            "master_name": "notify",
+            "sentinels": [("s1", 26379), ("::1", 26380)],
+            "password": "master-secret",
+            "sentinel_kwargs": {"password": "sentinel-secret"},
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("environ", "error"),
+    [
+        ({"REDIS_URL": "redis://a/0", "REDIS_SENTINELS": "s:26379", "REDIS_SENTINEL_MASTER": "m"}, "both set"),
+        ({"REDIS_SENTINELS": "s:26379"}, "without REDIS_SENTINEL_MASTER"),
+        ({"REDIS_SENTINEL_MASTER": "m"}, "without REDIS_SENTINELS"),
+        ({"REDIS_SENTINELS": "s", "REDIS_SENTINEL_MASTER": "m"}, "REDIS_SENTINELS: 's' is not host:port."),
+        ({"REDIS_SENTINELS": "s:99999", "REDIS_SENTINEL_MASTER": "m"}, "is not host:port"),
+        ({"REDIS_URL": "redis://a/0,http://b/0"}, "'http://b/0' is not a Redis address"),
+        ({"REDIS_URL": "redis://a/0,redis://a/0"}, "names 'redis://a/0' twice"),
+    ],
+)
+def test_a_redis_configuration_that_cannot_work_is_one_line(environ: dict[str, str], error: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(error)) as raised:
+        env_redis_hosts(environ)
+    assert "\n" not in str(raised.value)
 
 
 def test_notify_variables_set_the_apps_settings_and_only_those_set() -> None:

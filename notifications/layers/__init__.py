@@ -175,6 +175,18 @@ def is_after(position: str, other: str | None) -> bool:
     return mine[1:] > theirs[1:]
 
 
+def sent_later(position: str, other: str | None) -> bool:
+    """Whether ``position`` was sent after ``other``, by send time and count, across epochs too.
+
+    After a failover or a restart the epoch changes, but an id's history goes on
+    from what the server kept: its entries sort after what came before.
+    """
+    mine, theirs = position_order(position), position_order(other)
+    if mine is None or theirs is None:
+        return True
+    return mine[1:] > theirs[1:]
+
+
 class KeepingLayer(Protocol):
     """The app's layers keep notifications: they decide "live" or "pending" as they deliver."""
 

@@ -62,7 +62,9 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer, RedisSingleShardConnection
-from channels_redis.utils import _wrap_close
+from channels_redis.utils import _wrap_close, decode_hosts
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, ResponseError
 
 from notifications import metrics
@@ -126,6 +128,11 @@ SUBSCRIBE_TIMEOUT = 10.0  # seconds Redis may take to confirm a subscription
 HEALTH_CHECK_INTERVAL = 5.0
 PENDING_SCAN_LIMIT = 10_000  # pending sets the admin's dashboard looks at, per Redis server
 COMMAND_TIMEOUT = 10.0  # seconds a pipeline of commands (a send, a resume) may wait for Redis's replies
+# Seconds to open a connection to a Redis server (or a sentinel), and to wait for a sentinel's answer:
+# a server that is down is given up this soon, never retried with backoff, so that a send to it
+# fails at once and never holds up a connection's later frames, nor other shards' ids.
+CONNECT_TIMEOUT = 0.5
+SUBSCRIBE_RETRY_SECONDS = 1.0  # how often a group whose SUBSCRIBE failed is subscribed again
 
 # Queued for a consumer that waits on an empty queue when a gap was marked for it (see Gaps).
 GAP_MARK = b"\x02"
@@ -327,6 +334,21 @@ redis.call('PUBLISH', KEYS[1], '\1')
 return 1
 """
 
+# KEYS: the epoch, the replication history the epoch belongs to. ARGV: the server's replication id now.
+# Run on every new connection to a master. A server whose replication id changed since the last look
+# is not the history the epoch was made on: a replica promoted by a failover (whose copy may lack the
+# old master's last writes, replication being asynchronous), or a server restarted from its files.
+# A new epoch then, so that no resume across it claims to have recovered everything.
+NEW_HISTORY = """
+local known = redis.call('GET', KEYS[2])
+if known == ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[1])
+if not known then return 0 end
+local t = redis.call('TIME')
+redis.call('SET', KEYS[1], string.format('%x%05x', tonumber(t[1]), tonumber(t[2])))
+return 1
+"""
+
 # What a pipeline command is: queue it on the pipeline.
 Command = Callable[[Any], Any]
 
@@ -356,11 +378,44 @@ def _as_stream_id(position: str | None, group: str) -> tuple[str, str]:
     return epoch, f"{order[1]}-{order[2]}"
 
 
+def shard_name(host: dict[str, Any]) -> str:
+    """How a Redis server of the layer is named in logs and answers: its address without a password."""
+    if "address" in host:
+        return _without_password(str(host["address"]))
+    if "master_name" in host:
+        sentinels = ",".join(f"{h}:{p}" for h, p in host.get("sentinels", ()))
+        return f"master {host['master_name']} of sentinels {sentinels}"
+    return f"{host.get('host', 'localhost')}:{host.get('port', 6379)}"
+
+
+def shard_identity(host: dict[str, Any]) -> str:
+    """What places ids on a shard: its address, without a password (which may change) or options."""
+    if "address" in host:
+        parts = urlsplit(str(host["address"]))
+        return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path or '/0'}"
+    return shard_name(host)
+
+
+def _fast_failing(host: dict[str, Any], on_connect: Callable[[Any], Any]) -> dict[str, Any]:
+    """``host`` with the connection options every Redis client of the layer uses (see CONNECT_TIMEOUT)."""
+    host = {"socket_connect_timeout": CONNECT_TIMEOUT, **host, "redis_connect_func": on_connect}
+    if "master_name" in host:
+        host["sentinel_kwargs"] = {
+            "socket_connect_timeout": CONNECT_TIMEOUT,
+            "socket_timeout": CONNECT_TIMEOUT,
+            "retry": Retry(NoBackoff(), 0),
+            **(host.get("sentinel_kwargs") or {}),
+        }
+    return host
+
+
 class _Shard(RedisSingleShardConnection):
     """One Redis connection pair with pipelined commands, confirmed subscriptions and bounded delivery."""
 
     def __init__(self, host: Any, channel_layer: Any) -> None:
         super().__init__(host, channel_layer)
+        self.name = shard_name(host)
+        self.host = _fast_failing(host, self._on_connect)
         self._outbox: deque[tuple[Command, asyncio.Future[Any]]] = deque()
         self._publisher: asyncio.Future[None] | None = None
         # Per channel, one future per SUBSCRIBE sent and not confirmed yet, in the order sent.
@@ -369,6 +424,38 @@ class _Shard(RedisSingleShardConnection):
         self._scripts: dict[str, asyncio.Future[Any]] = {}  # Lua source -> its SCRIPT LOAD (the SHA1)
         self._repending: set[asyncio.Future[None]] = set()
         self._received = 0  # messages read from the pub/sub connection (the watchdog's sign of life)
+
+    async def _on_connect(self, connection: Any) -> None:
+        """Every new connection to this shard: set up as usual, then a new epoch if the server's history changed.
+
+        The check runs before any command of the layer on the connection, so that
+        nothing is kept on a promoted replica under the epoch of the master it replaced.
+        """
+        await connection.on_connect()
+        if not conf.KEEPS:
+            return
+        try:
+            await connection.send_command("INFO", "replication")
+            info = await connection.read_response()
+        except ResponseError:  # INFO refused (a restricted user): nothing to compare
+            return
+        fields = dict(
+            line.split(":", 1)
+            for line in (info.decode() if isinstance(info, bytes) else str(info)).splitlines()
+            if ":" in line
+        )
+        if fields.get("role") != "master" or not fields.get("master_replid"):
+            return
+        keys = self.channel_layer.kept_keys("")
+        await connection.send_command(
+            "EVAL", NEW_HISTORY, 2, keys.epoch, f"{keys.epoch}:replid", fields["master_replid"]
+        )
+        if await connection.read_response() == 1:
+            logger.warning(
+                "Redis %s serves a new replication history (a failover, or a restart): notifications kept "
+                "before it may be missing, so resumes from before it are not recovered",
+                self.name,
+            )
 
     async def publish(self, channel: str, message: bytes) -> int:
         """PUBLISH, pipelined with every command waiting at that moment; how many subscribers received it."""
@@ -677,8 +764,66 @@ class _LoopLayer(RedisPubSubLoopLayer):
         super().__init__(*args, **kwargs)
         self.capacity = capacity
         self._shards: list[_Shard] = [_Shard(shard.host, self) for shard in self._shards]
+        self._shard_keys = [hashlib.blake2b(shard_identity(s.host).encode(), digest_size=8) for s in self._shards]
         self._cleanups: set[asyncio.Future[None]] = set()
+        self._resubscribing: dict[str, asyncio.Future[None]] = {}
         self._gaps = Gaps()
+
+    @property
+    def shard_count(self) -> int:
+        return len(self._shards)
+
+    def _get_shard(self, channel_or_group_name: str) -> _Shard:
+        """The shard of a channel or group: the same in every process, and stable as shards come and go.
+
+        Rendezvous hashing: each shard scores the name with a digest keyed by the
+        shard's address, and the highest score wins. Adding or removing a shard
+        moves only the names that it wins or won; every other id stays where its
+        history and pending notifications are.
+        """
+        if len(self._shards) == 1:
+            return self._shards[0]
+        name = channel_or_group_name.encode()
+        scores = [self._score(key, name) for key in self._shard_keys]
+        return self._shards[scores.index(max(scores))]
+
+    @staticmethod
+    def _score(key: Any, name: bytes) -> bytes:
+        digest = key.copy()
+        digest.update(name)
+        return bytes(digest.digest())
+
+    async def group_add(self, group: str, channel: str) -> None:
+        try:
+            await super().group_add(group, channel)
+        except Exception:
+            # The member is noted, the subscription is not: try again until it takes or the group empties,
+            # so that the group receives again once its shard is back.
+            self._subscribe_later(self._get_group_channel_name(group))
+            raise
+
+    def _subscribe_later(self, group_channel: str) -> None:
+        if group_channel not in self._resubscribing:
+            task = asyncio.ensure_future(self._subscribe_again(group_channel))
+            self._resubscribing[group_channel] = task
+            task.add_done_callback(lambda _: self._resubscribing.pop(group_channel, None))
+
+    async def _subscribe_again(self, group_channel: str) -> None:
+        shard = self._get_shard(group_channel)
+        while self.groups.get(group_channel):
+            await asyncio.sleep(SUBSCRIBE_RETRY_SECONDS)
+            if not self.groups.get(group_channel):
+                return
+            try:
+                await shard.subscribe(group_channel)
+            except Exception:
+                continue
+            # Subscribed at last: what was sent meanwhile is pending, or missed by its members.
+            for channel in self.groups.get(group_channel, ()):
+                self.gap(channel, group_channel)
+            await shard._hand_over_pending(group_channel)
+            logger.info("Subscribed to %s on Redis %s again", group_channel, shard.name)
+            return
 
     def gap(self, channel: str, group_channel: str) -> None:
         """What was sent to ``group_channel`` may not have reached ``channel``: its consumer catches up."""
@@ -732,9 +877,8 @@ class _LoopLayer(RedisPubSubLoopLayer):
             try:
                 await asyncio.wait_for(shard.ping(), timeout)
             except Exception as exc:
-                where = shard.host.get("address") if isinstance(shard.host, dict) else shard.host
                 detail = f"{type(exc).__name__}: {exc}" if str(exc) else f"no answer in {timeout:g} s"
-                return f"Redis {index} ({_without_password(str(where))}) does not answer: {detail}"
+                return f"Redis {index} ({shard.name}) does not answer: {detail}"
             return None
 
         found = await asyncio.gather(*(problem(i, s) for i, s in enumerate(self._shards)))
@@ -962,6 +1106,11 @@ class RedisPubSubLayer(RedisPubSubChannelLayer):
     async def problems(self, timeout: float) -> list[str]:  # noqa: ASYNC109
         """One line per Redis server that does not answer within ``timeout`` seconds; [] when all do."""
         return await self._get_layer().problems(timeout)
+
+    @property
+    def shard_count(self) -> int:
+        """How many Redis servers (shards) the layer spreads ids over."""
+        return len(decode_hosts(self._kwargs.get("hosts") or (self._args[0] if self._args else None)))
 
     async def keep_pending(self, group: str, message: dict[str, Any]) -> bool:
         return await self._get_layer().keep_pending(group, message)
