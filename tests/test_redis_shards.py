@@ -20,9 +20,9 @@ import redis
 from websockets.asyncio.client import ClientConnection
 
 from harness.clients import frame, open_client, open_registered, receive, receive_json, register_v2, send_v2
-from harness.servers import Daphne, RedisServer, eventually
+from harness.servers import Daphne, Python, RedisServer, eventually, wait_until
 from notifications.layers.redis import RedisPubSubLayer, _LoopLayer
-from notifications.protocol import group_name
+from notifications.protocol import broadcast_group, group_name
 from tests.test_operations import Scrape, aget
 
 PREFIX = "shards"
@@ -45,6 +45,14 @@ def subscribed_groups(server: RedisServer) -> set[str]:
     client = redis.Redis.from_url(server.url)
     try:
         return {c.decode() for c in client.pubsub_channels(f"{PREFIX}__group__*")}  # type: ignore[union-attr]
+    finally:
+        client.close()
+
+
+def numsub(server: RedisServer, channel: str) -> int:
+    client = redis.Redis.from_url(server.url)
+    try:
+        return int(client.pubsub_numsub(channel)[0][1])  # type: ignore[index]
     finally:
         client.close()
 
@@ -72,7 +80,7 @@ def test_each_id_has_one_shard_and_removing_a_shard_moves_only_its_own_ids() -> 
 
 
 async def test_thirty_ids_over_three_shards_and_a_dead_shard_stops_only_its_own(
-    daphne_factory: Callable[..., Daphne], shards: list[RedisServer]
+    daphne_factory: Callable[..., Daphne], shards: list[RedisServer], manage: Python
 ) -> None:
     env = {
         "REDIS_URL": ",".join(s.url for s in shards),
@@ -94,7 +102,9 @@ async def test_thirty_ids_over_three_shards_and_a_dead_shard_stops_only_its_own(
         assert sum(group_channel(recipient) in groups for groups in on_shard) == 1, recipient
     assert all(len(groups & {group_channel(r) for r in IDS}) >= 3 for groups in on_shard), [len(g) for g in on_shard]
     shard_of = {r: next(i for i, g in enumerate(on_shard) if group_channel(r) in g) for r in IDS}
-    dead = 1
+    # The shard to kill: the one the broadcast group lives on.
+    everyone = f"{PREFIX}__group__{broadcast_group()}"
+    dead = next(i for i, groups in enumerate(on_shard) if everyone in groups)
     lost = [r for r in IDS if shard_of[r] == dead]
     alive = [r for r in IDS if shard_of[r] != dead]
 
@@ -135,6 +145,12 @@ async def test_thirty_ids_over_three_shards_and_a_dead_shard_stops_only_its_own(
     assert await receive(clients[alive[0]], seconds=2) == "right after"
     assert time.monotonic() - started < 1.0
 
+    # A process started now registers new connections for the other shards' ids, although the
+    # broadcast group, and some of the connections' own channels, live on the dead shard.
+    third = daphne_factory(env)
+    newcomers = [await open_registered(third.url, recipient, seconds=10) for recipient in alive[:6]]
+    assert "Traceback" not in third.log()
+
     # Both processes stay ready, naming the shard that is down and no other.
     for server in (first, second):
         answer = await aget(f"{server.http_url}/readyz")
@@ -159,12 +175,22 @@ async def test_thirty_ids_over_three_shards_and_a_dead_shard_stops_only_its_own(
     for recipient in alive:
         await sender.send(frame(recipient, "after"))
         assert await receive(clients[recipient]) == "after"
+    for ws in newcomers:  # registered for the first six of them
+        assert await receive(ws) == "after"
+    # The broadcast group is subscribed again everywhere, the third process's too, and a broadcast
+    # reaches every registered connection once.
+    await wait_until(lambda: numsub(shards[dead], everyone) == 3, seconds=10)
+    result = manage("notify", "--all", "to everyone", env=env)
+    assert result.returncode == 0, result.stderr
+    for ws in [*clients.values(), *newcomers]:
+        assert await receive(ws) == "to everyone"
+
     # A v2 client of the dead shard's id resuming from before: its history went with the shard.
     resumer = await open_client(first.url)
     assert (await register_v2(resumer, lost[0], since=since))["recovered"] is False
-    for ws in [*clients.values(), sender, v2, resumer]:
+    for ws in [*clients.values(), *newcomers, sender, v2, resumer]:
         await ws.close()
-    for server in (first, second):
+    for server in (first, second, third):
         assert "Traceback" not in server.log()
 
 

@@ -69,6 +69,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from notifications import metrics
 from notifications.conf import conf
+from notifications.exceptions import one_line
 from notifications.layers import (
     DEFAULT_CAPACITY,
     META_TTL,
@@ -334,16 +335,18 @@ redis.call('PUBLISH', KEYS[1], '\1')
 return 1
 """
 
-# KEYS: the epoch, the replication history the epoch belongs to. ARGV: the server's replication id now.
-# Run on every new connection to a master. A server whose replication id changed since the last look
-# is not the history the epoch was made on: a replica promoted by a failover (whose copy may lack the
-# old master's last writes, replication being asynchronous), or a server restarted from its files.
-# A new epoch then, so that no resume across it claims to have recovered everything.
+# KEYS: the epoch, the replication history the epoch belongs to.
+# ARGV: the server's replication id now, and the one it had before (master_replid2).
+# Run on every new connection to a master. A server that was a replica of the epoch's history and has
+# been promoted since (a failover) reports that history as its previous one; its copy may lack the old
+# master's last writes (replication is asynchronous), so a new epoch begins: no resume across the
+# failover claims to have recovered everything. A restart from the server's own files (a new
+# replication id, no previous one) keeps the epoch: what it kept is what it had.
 NEW_HISTORY = """
 local known = redis.call('GET', KEYS[2])
 if known == ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[1])
-if not known then return 0 end
+if not known or known ~= ARGV[2] then return 0 end
 local t = redis.call('TIME')
 redis.call('SET', KEYS[1], string.format('%x%05x', tonumber(t[1]), tonumber(t[2])))
 return 1
@@ -426,7 +429,7 @@ class _Shard(RedisSingleShardConnection):
         self._received = 0  # messages read from the pub/sub connection (the watchdog's sign of life)
 
     async def _on_connect(self, connection: Any) -> None:
-        """Every new connection to this shard: set up as usual, then a new epoch if the server's history changed.
+        """Every new connection to this shard: set up as usual, then a new epoch if the server was promoted.
 
         The check runs before any command of the layer on the connection, so that
         nothing is kept on a promoted replica under the epoch of the master it replaced.
@@ -446,14 +449,13 @@ class _Shard(RedisSingleShardConnection):
         )
         if fields.get("role") != "master" or not fields.get("master_replid"):
             return
-        keys = self.channel_layer.kept_keys("")
-        await connection.send_command(
-            "EVAL", NEW_HISTORY, 2, keys.epoch, f"{keys.epoch}:replid", fields["master_replid"]
-        )
+        epoch = self.channel_layer.kept_keys("").epoch
+        now, before = fields["master_replid"], fields.get("master_replid2", "")
+        await connection.send_command("EVAL", NEW_HISTORY, 2, epoch, f"{epoch}:replid", now, before)
         if await connection.read_response() == 1:
             logger.warning(
-                "Redis %s serves a new replication history (a failover, or a restart): notifications kept "
-                "before it may be missing, so resumes from before it are not recovered",
+                "Redis %s is a promoted replica (a failover): notifications kept just before it may be "
+                "missing, so resumes from before it are not recovered",
                 self.name,
             )
 
@@ -802,27 +804,33 @@ class _LoopLayer(RedisPubSubLoopLayer):
             self._subscribe_later(self._get_group_channel_name(group))
             raise
 
-    def _subscribe_later(self, group_channel: str) -> None:
-        if group_channel not in self._resubscribing:
-            task = asyncio.ensure_future(self._subscribe_again(group_channel))
-            self._resubscribing[group_channel] = task
-            task.add_done_callback(lambda _: self._resubscribing.pop(group_channel, None))
+    def _subscribe_later(self, name: str) -> None:
+        """Subscribe ``name`` (a group's channel, or a connection's) in the background, until it takes."""
+        if name not in self._resubscribing:
+            task = asyncio.ensure_future(self._subscribe_again(name))
+            self._resubscribing[name] = task
+            task.add_done_callback(lambda _: self._resubscribing.pop(name, None))
 
-    async def _subscribe_again(self, group_channel: str) -> None:
-        shard = self._get_shard(group_channel)
-        while self.groups.get(group_channel):
+    async def _subscribe_again(self, name: str) -> None:
+        shard = self._get_shard(name)
+
+        def wanted() -> bool:
+            return bool(self.groups.get(name)) or name in self.channels
+
+        while wanted():
             await asyncio.sleep(SUBSCRIBE_RETRY_SECONDS)
-            if not self.groups.get(group_channel):
+            if not wanted():
                 return
             try:
-                await shard.subscribe(group_channel)
+                await shard.subscribe(name)
             except Exception:
                 continue
-            # Subscribed at last: what was sent meanwhile is pending, or missed by its members.
-            for channel in self.groups.get(group_channel, ()):
-                self.gap(channel, group_channel)
-            await shard._hand_over_pending(group_channel)
-            logger.info("Subscribed to %s on Redis %s again", group_channel, shard.name)
+            if self.groups.get(name):
+                # A group subscribed at last: what was sent meanwhile is pending, or missed by its members.
+                for channel in self.groups.get(name, ()):
+                    self.gap(channel, name)
+                await shard._hand_over_pending(name)
+            logger.info("Subscribed to %s on Redis %s again", name, shard.name)
             return
 
     def gap(self, channel: str, group_channel: str) -> None:
@@ -893,7 +901,16 @@ class _LoopLayer(RedisPubSubLoopLayer):
 
     async def _subscribe_to_channel(self, channel: str) -> None:
         self.channels[channel] = ChannelQueue(self.capacity)
-        await self._get_shard(channel).subscribe(channel)
+        shard = self._get_shard(channel)
+        try:
+            await shard.subscribe(channel)
+        except Exception as exc:
+            if len(self._shards) == 1:
+                raise
+            # Sharded, and this connection's own channel is on a shard that is down: the connection
+            # still receives through its ids' groups; its channel is subscribed once the shard is back.
+            logger.warning("Could not subscribe to %s on Redis %s (%s); retrying", channel, shard.name, one_line(exc))
+            self._subscribe_later(channel)
 
     async def receive(self, channel: str) -> dict[str, Any]:
         if channel not in self.channels:
