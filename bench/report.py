@@ -101,8 +101,9 @@ def table(report: dict[str, Any]) -> str:
     results = report["results"]
     names = list(results)
     header = ["metric", *names]
-    if "baseline" in results and "project" in results:
-        header.append("project / baseline")
+    # Ratios to the baseline: the project's (what the targets are about), and daphne's floor (bench/floor.py).
+    compared = [n for n in ("daphne-floor", "project") if n in results and "baseline" in results]
+    header.extend(f"{name} / baseline" for name in compared)
     header.append("target")
     out = [header]
     for label, path, target in rows(report):
@@ -112,11 +113,11 @@ def table(report: dict[str, Any]) -> str:
             parts = [_get(results[name], p) for p in path.split("|")]
             values[name] = parts
             cells.append(" / ".join(_fmt(p) for p in parts))
-        if "project / baseline" in header:
-            base, proj = values["baseline"][0], values["project"][0]  # the ratio is the project's
+        for name in compared:
+            base, theirs = values["baseline"][0], values[name][0]
             ratio = "-"
-            if "|" not in path and isinstance(base, int | float) and isinstance(proj, int | float) and base:
-                ratio = f"{proj / base:.1f}x"
+            if "|" not in path and isinstance(base, int | float) and isinstance(theirs, int | float) and base:
+                ratio = f"{theirs / base:.1f}x"
             cells.append(ratio)
         cells.append(target or "")
         out.append(cells)

@@ -44,7 +44,9 @@ SETTINGS_VARIANTS: dict[str, dict[str, str]] = {
     # No history and no pending: what keeping notifications costs, side by side with "project".
     "history-off": {"NOTIFY_HISTORY_SIZE": "0"},
 }
-SERVERS = ["baseline", "project", *SETTINGS_VARIANTS, *VARIANTS]
+# Servers of protocol v1 alone, one process each: the old server, and its logic on daphne (bench/floor.py).
+V1_ONLY = ("baseline", "daphne-floor")
+SERVERS = ["baseline", "daphne-floor", "project", *SETTINGS_VARIANTS, *VARIANTS]
 SCENARIOS = ["mass", "idle", "relay", "resume"]
 # Seconds the server's counters may take to settle after a relay run (what was in flight becomes pending).
 SETTLE = 30.0
@@ -179,13 +181,20 @@ class Environment:
 @contextmanager
 def start_server(name: str, env_: Environment, processes: int = 1) -> Iterator[Running]:
     workdir = env_.workdir
-    if name == "baseline":
+    if name in V1_ONLY:
         port = free_port()
-        log_path = workdir / f"baseline-{port}.log"
+        log_path = workdir / f"{name}-{port}.log"
+        command = {
+            "baseline": ["-m", "bench.baseline", str(port)],
+            # The project's launch line and WebSocket options (bin/daphne), on the bare relay.
+            "daphne-floor": [
+                *("-m", "notifyproject.server", "-b", "127.0.0.1", "-p", str(port)),
+                *("--ping-interval", "60", "--ping-timeout", "30", "--websocket_timeout", "-1"),
+                "bench.floor:application",
+            ],
+        }[name]
         with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "bench.baseline", str(port)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
-            )
+            process = subprocess.Popen([sys.executable, *command], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         try:
             wait_for_port(port, process=process)
             yield Running(name, [f"ws://127.0.0.1:{port}/"], [process.pid], [log_path])
@@ -490,7 +499,7 @@ async def attempt(scenario: Any) -> dict[str, Any]:
 
 
 async def measure(name: str, env_: Environment, options: Options, progress: Any, processes: int = 1) -> dict[str, Any]:
-    result: dict[str, Any] = {"server": name, "processes": 1 if name == "baseline" else processes}
+    result: dict[str, Any] = {"server": name, "processes": 1 if name in V1_ONLY else processes}
     if "mass" in options.scenarios:
         with start_server(name, env_, processes) as server:
             progress(f"{name}: connect+register {options.mass} at once, then disconnect them at once")
@@ -509,7 +518,7 @@ async def measure(name: str, env_: Environment, options: Options, progress: Any,
                     settle=options.settle,
                 )
             )
-    if "resume" in options.scenarios and name != "baseline":  # v1 only: nothing to resume
+    if "resume" in options.scenarios and name not in V1_ONLY:  # v1 only: nothing to resume
         with start_server(name, env_, processes) as server:
             progress(f"{name}: resume {RESUME_COUNT} missed notifications, {RESUME_ROUNDS} times")
             result["resume"] = await attempt(resume(server, count=RESUME_COUNT, rounds=RESUME_ROUNDS))
@@ -563,7 +572,7 @@ async def run(options: Options, progress: Any) -> dict[str, Any]:
             started = time.time()
             results = {}
             for name in options.servers:
-                for processes in [1] if name == "baseline" else options.processes:
+                for processes in [1] if name in V1_ONLY else options.processes:
                     key = name if processes == 1 else f"{name} x{processes}"
                     results[key] = await measure(name, env_, options, progress, processes)
         finally:

@@ -25,13 +25,15 @@ def run_bench(redis_url: str, output: Path, *args: str) -> subprocess.CompletedP
     )
 
 
-def test_the_quick_benchmark_runs_both_servers_and_loses_nothing(redis_url: str, tmp_path: Path) -> None:
+def test_the_quick_benchmark_runs_every_server_and_loses_nothing(redis_url: str, tmp_path: Path) -> None:
     output = tmp_path / "bench.json"
-    done = run_bench(redis_url, output)
+    done = run_bench(redis_url, output, "--servers", "baseline,daphne-floor,project")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "| metric" in done.stdout and "project / baseline" in done.stdout
+    assert (
+        "| metric" in done.stdout and "project / baseline" in done.stdout and "daphne-floor / baseline" in done.stdout
+    )
     results = json.loads(output.read_text())["results"]
-    for name in ("baseline", "project"):
+    for name in ("baseline", "daphne-floor", "project"):
         result = results[name]
         for scenario in ("rate_200", "saturation"):
             run = result[scenario]
