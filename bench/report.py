@@ -76,6 +76,7 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, str | None]]:
         lines += [
             (f"{count:,} idle: registered", f"{key}.registered", f"{count:,}"),
             (f"{count:,} idle: RSS per connection (KB)", f"{key}.rss_per_connection_kb", "<= 2x baseline"),
+            (f"{count:,} idle: Redis memory per connection (bytes)", f"{key}.redis_bytes_per_connection", None),
         ]
     mass = options["mass"]
     lines += (

@@ -109,6 +109,10 @@ class Running:
         text = "".join(path.read_text(errors="replace") for path in self.log_paths)[since:]
         return text.count("Undeliverable notification for ")
 
+    def redis_memory(self) -> int | None:
+        """Redis's ``used_memory`` in bytes (None without Redis): what registrations cost it."""
+        return None if self.redis is None else int(self.redis.info("memory")["used_memory"])
+
     def subscriptions(self, pattern: str) -> int | None:
         if self.redis is None:
             return None
@@ -379,7 +383,7 @@ async def idle(server: Running, *, count: int, workers: int, concurrency: int, s
     specific0 = server.subscriptions("specific.*")
     groups0 = server.subscriptions("__group__*")
     await asyncio.sleep(settle)
-    rss0, log0 = server.rss(), server.log_size()
+    rss0, log0, redis0 = server.rss(), server.log_size(), server.redis_memory()
     share = count // workers
     pool = [
         await Worker.start(
@@ -400,7 +404,7 @@ async def idle(server: Running, *, count: int, workers: int, concurrency: int, s
         worker.command("go")
     registered = [await worker.expect("registered", within=600) for worker in pool]
     await asyncio.sleep(settle)  # let allocations settle before reading RSS (a measurement, not a sync)
-    rss1 = server.rss()
+    rss1, redis1 = server.rss(), server.redis_memory()
     groups_held = server.subscriptions("__group__*")
     for worker in pool:
         worker.command("close")
@@ -430,6 +434,10 @@ async def idle(server: Running, *, count: int, workers: int, concurrency: int, s
         "rss_before_mb": round(rss0 / 2**20, 1),
         "rss_after_mb": round(rss1 / 2**20, 1),
         "rss_per_connection_kb": round((rss1 - rss0) / max(n_registered, 1) / 1024, 1),
+        # Redis's memory for each registered connection (its subscriptions): shared by a deployment's processes.
+        "redis_bytes_per_connection": None
+        if redis0 is None or redis1 is None
+        else round((redis1 - redis0) / max(n_registered, 1)),
         "group_subscriptions_held": None if groups_held is None else groups_held - (groups0 or 0),
         "closed_by_server": codes,
         "close_errors": sum(r["close_errors"] for r in closed),
