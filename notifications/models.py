@@ -50,6 +50,7 @@ def chunks(items: Iterable[T], size: int = CHUNK) -> Iterator[list[T]]:
 class PurgeResult:
     processes: int
     connections: int
+    process_ids: tuple[str, ...] = ()  # the processes purged
 
 
 class ServerProcessQuerySet(models.QuerySet["ServerProcess"]):
@@ -120,7 +121,7 @@ def purge_processes(process_ids: list[str]) -> PurgeResult:
         temp_ids = list(Connection.objects.filter(process_id=process_id).values_list("pk", flat=True))
         connections += Connection.objects.delete_by_ids(temp_ids)
     ServerProcess.objects.filter(pk__in=process_ids).delete()
-    return PurgeResult(processes=len(process_ids), connections=connections)
+    return PurgeResult(processes=len(process_ids), connections=connections, process_ids=tuple(process_ids))
 
 
 class ServerProcess(models.Model):

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import signal
+from collections.abc import Awaitable, Callable
 
 from redis import asyncio as aioredis
 
-from harness.clients import assert_receives_nothing, frame, open_client, receive, register_confirmed, send_once
+from harness.clients import (
+    assert_receives_nothing,
+    frame,
+    open_client,
+    open_registered,
+    receive,
+    register,
+    register_confirmed,
+    send_once,
+    send_v2,
+)
 from harness.servers import Daphne, eventually
+from tests.test_operations import FAST_REGISTRY
 
 
 async def test_a_sender_on_one_process_reaches_a_recipient_on_the_other(
@@ -80,3 +92,32 @@ async def test_closed_connections_leave_no_subscription_in_redis(
 
 async def _is_zero(count: Awaitable[int]) -> bool:
     return await count == 0
+
+
+async def test_a_frozen_process_purged_from_the_registry_no_longer_counts_as_a_listener(
+    daphne_factory: Callable[..., Daphne], redis_url: str, redis_prefix: str
+) -> None:
+    # A process that stops without a word (a host cut off the network, here one frozen with SIGSTOP) keeps
+    # its subscriptions open on Redis's side: once the registry purges it, another process closes them,
+    # so that notifications to its ids are kept pending for their next registration, not taken for delivered.
+    env = {"REDIS_URL": redis_url, "REDIS_PREFIX": redis_prefix, **FAST_REGISTRY}
+    alive, frozen = daphne_factory(env), daphne_factory(env)
+    recipient = await open_registered(frozen.url, "on-the-frozen-host")
+    sender = await open_client(alive.url)
+    assert (await send_v2(sender, "on-the-frozen-host", "while it answers"))["outcome"] == "live"
+    frozen.process.send_signal(signal.SIGSTOP)
+    try:
+
+        async def kept_pending() -> bool:
+            return (await send_v2(sender, "on-the-frozen-host", "after"))["outcome"] == "pending"
+
+        await eventually(kept_pending, seconds=20, interval=0.5)
+        assert "Closed 1 Redis subscriptions of 1 purged server processes" in alive.log()
+    finally:
+        frozen.process.send_signal(signal.SIGCONT)
+    # The pending one waits for the id's next registration, wherever it is.
+    again = await open_client(alive.url)
+    await register(again, "on-the-frozen-host")
+    assert await receive(again) == "after"
+    for ws in (recipient, sender, again):
+        await ws.close()

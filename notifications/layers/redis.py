@@ -399,9 +399,14 @@ def shard_identity(host: dict[str, Any]) -> str:
     return shard_name(host)
 
 
-def _fast_failing(host: dict[str, Any], on_connect: Callable[[Any], Any]) -> dict[str, Any]:
+def client_name(prefix: str, process_id: str) -> str:
+    """The name a process's Redis connections carry (CLIENT SETNAME), so that others can close them."""
+    return "".join(c if c.isascii() and c.isalnum() or c in "-_.:" else "_" for c in f"{prefix}process:{process_id}")
+
+
+def _fast_failing(host: dict[str, Any], on_connect: Callable[[Any], Any], name: str) -> dict[str, Any]:
     """``host`` with the connection options every Redis client of the layer uses (see CONNECT_TIMEOUT)."""
-    host = {"socket_connect_timeout": CONNECT_TIMEOUT, **host, "redis_connect_func": on_connect}
+    host = {"socket_connect_timeout": CONNECT_TIMEOUT, **host, "redis_connect_func": on_connect, "client_name": name}
     if "master_name" in host:
         host["sentinel_kwargs"] = {
             "socket_connect_timeout": CONNECT_TIMEOUT,
@@ -418,7 +423,7 @@ class _Shard(RedisSingleShardConnection):
     def __init__(self, host: Any, channel_layer: Any) -> None:
         super().__init__(host, channel_layer)
         self.name = shard_name(host)
-        self.host = _fast_failing(host, self._on_connect)
+        self.host = _fast_failing(host, self._on_connect, client_name(channel_layer.prefix, channel_layer.process_id))
         self._outbox: deque[tuple[Command, asyncio.Future[Any]]] = deque()
         self._publisher: asyncio.Future[None] | None = None
         # Per channel, one future per SUBSCRIBE sent and not confirmed yet, in the order sent.
@@ -762,8 +767,15 @@ def _without_password(address: str) -> str:
 
 
 class _LoopLayer(RedisPubSubLoopLayer):
-    def __init__(self, *args: Any, capacity: int = DEFAULT_CAPACITY, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, capacity: int = DEFAULT_CAPACITY, process_id: str | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
+        if process_id is None:
+            from notifications.registry import registry  # needs Django's apps, ready by the first use of a layer
+
+            process_id = registry.process_id
+        self.process_id = process_id  # the registry's id of this process: its Redis connections' name
         self.capacity = capacity
         self._shards: list[_Shard] = [_Shard(shard.host, self) for shard in self._shards]
         self._shard_keys = [hashlib.blake2b(shard_identity(s.host).encode(), digest_size=8) for s in self._shards]
@@ -877,6 +889,28 @@ class _LoopLayer(RedisPubSubLoopLayer):
                     event = self.channel_layer.deserialize(entries[0][1][b"p"])
                     return str(event.get("recipient", ""))
         return ""
+
+    async def disconnect_processes(self, process_ids: list[str]) -> int:
+        """Close the Redis subscriptions of these processes (purged from the registry); how many were closed.
+
+        Called by the process that purged them: a host cut off the network keeps
+        its subscriptions on Redis's side until TCP gives up, and while Redis counts
+        them, notifications to their ids are taken for delivered instead of pending.
+        """
+        names = {client_name(self.prefix, process_id) for process_id in process_ids}
+
+        async def on(shard: _Shard) -> int:
+            shard._ensure_redis()
+            clients = await asyncio.wait_for(shard._redis.client_list(_type="pubsub"), COMMAND_TIMEOUT)
+            ids = [client["id"] for client in clients if client.get("name") in names]
+            for client_id in ids:
+                await asyncio.wait_for(shard._redis.client_kill_filter(_id=client_id), COMMAND_TIMEOUT)
+            return len(ids)
+
+        closed = sum(await asyncio.gather(*(on(shard) for shard in self._shards)))
+        if closed:
+            logger.info("Closed %d Redis subscriptions of %d purged server processes", closed, len(process_ids))
+        return closed
 
     async def problems(self, timeout: float) -> list[str]:  # noqa: ASYNC109  (one bound per server, run at once)
         """What keeps this layer from working, one line per Redis server that does not answer in ``timeout``."""
@@ -1131,6 +1165,10 @@ class RedisPubSubLayer(RedisPubSubChannelLayer):
 
     async def keep_pending(self, group: str, message: dict[str, Any]) -> bool:
         return await self._get_layer().keep_pending(group, message)
+
+    async def disconnect_processes(self, process_ids: list[str]) -> int:
+        """Close purged processes' Redis subscriptions (see ``_LoopLayer.disconnect_processes``)."""
+        return await self._get_layer().disconnect_processes(process_ids)
 
     def _get_layer(self) -> _LoopLayer:
         loop = asyncio.get_running_loop()

@@ -29,9 +29,11 @@ import uuid
 from typing import Any
 
 from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 
 from notifications import drain, metrics
 from notifications.conf import conf
+from notifications.exceptions import one_line
 from notifications.models import Connection, ServerProcess, field_length
 from notifications.registry.state import Batch, ConnectionTable
 from notifications.registry.writer import DatabaseWriter, ProcessGone
@@ -47,6 +49,23 @@ SHUTDOWN_TIMEOUT = 5.0
 def _text(value: str, limit: int) -> str:
     # NUL cannot be stored in a PostgreSQL text column.
     return value.replace("\x00", "")[:limit]
+
+
+async def _disconnect_from_layer(process_ids: list[str]) -> None:
+    """Close what purged processes still hold in the channel layer (Redis subscriptions).
+
+    A host cut off the network keeps its connections to Redis open on Redis's
+    side until TCP gives up, many minutes later; meanwhile Redis counts its
+    subscriptions as listeners, so notifications to its ids would be taken
+    for delivered rather than kept pending for their next registration.
+    """
+    disconnect = getattr(get_channel_layer(), "disconnect_processes", None)
+    if disconnect is None:
+        return
+    try:
+        await disconnect(process_ids)
+    except Exception as exc:
+        logger.warning("Registry: could not close the purged processes' channel-layer connections: %s", one_line(exc))
 
 
 class Registry:
@@ -196,12 +215,15 @@ class Registry:
             self._wake.clear()
             beat = loop.time() >= next_beat
             try:
+                purged: list[str] = []
                 if not announced:
-                    await database_sync_to_async(self.writer.announce)()
+                    purged += await database_sync_to_async(self.writer.announce)()
                     announced = True
                 await self._flush(with_activity=beat)
                 if beat:
-                    await database_sync_to_async(self.writer.purge_stale)()
+                    purged += await database_sync_to_async(self.writer.purge_stale)()
+                if purged:
+                    await _disconnect_from_layer(purged)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -87,8 +87,11 @@ class DatabaseWriter:
             ignore_conflicts=True,
         )
 
-    def announce(self) -> None:
-        """Write the process's row; purge earlier processes of this host that are gone, and stale ones."""
+    def announce(self) -> list[str]:
+        """Write the process's row; purge earlier processes of this host that are gone, and stale ones.
+
+        Returns the ids of the processes purged.
+        """
         with transaction.atomic():
             self._insert_process_row()
             # Earlier processes on this host that are gone (a restart, a crash):
@@ -109,11 +112,13 @@ class DatabaseWriter:
                 result.connections,
                 result.processes,
             )
-        self.purge_stale()
+        stale = self.purge_stale()
         logger.info("Registry: server process %s (%s pid %d) announced", self.process_id, self.host, self.pid)
+        return [*result.process_ids, *stale]
 
     @staticmethod
-    def purge_stale() -> None:
+    def purge_stale() -> list[str]:
+        """Purge the processes whose heartbeat stopped; their ids."""
         ActivitySample.objects.filter(minute__lt=_at(time.time()) - ACTIVITY_KEPT).delete()
         result = ServerProcess.objects.stale().purge()
         if result.processes:
@@ -122,6 +127,7 @@ class DatabaseWriter:
                 result.connections,
                 result.processes,
             )
+        return list(result.process_ids)
 
     def write(self, batch: Batch) -> None:
         """Apply a batch and beat the heartbeat; :class:`ProcessGone` if this process's row is gone."""
