@@ -34,6 +34,8 @@ DEFAULTS: dict[str, str] = {
     "LOG_DIR": "/var/log/notify",
     "STATIC_ROOT": "/var/www/notify/static",
     "PORT": "8765",
+    "BIND": "127.0.0.1",
+    "UPSTREAMS": "",
     "PROCESSES": "2",
     "NOFILE": "65536",
     "SERVER_NAME": "notify.example.com",
@@ -50,6 +52,7 @@ _PATH = (r"/[A-Za-z0-9._/-]*", "an absolute path of letters, digits and . _ / -"
 _NAME = (r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}", "a user or group name (letters, digits, _ . -)")
 _NUMBER = (r"[1-9][0-9]{0,6}", "a positive whole number")
 _HOST = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+_ADDRESS = rf"(?:{_HOST}|\[[0-9A-Fa-f:.]+\])"
 FORMATS: dict[str, tuple[str, str]] = {
     "PROJECT_DIR": _PATH,
     "USER": _NAME,
@@ -58,6 +61,11 @@ FORMATS: dict[str, tuple[str, str]] = {
     "LOG_DIR": _PATH,
     "STATIC_ROOT": _PATH,
     "PORT": (r"[0-9]{1,5}", "a port number (1-65535)"),
+    "BIND": (_ADDRESS, "an IP address or host name, an IPv6 address in brackets"),
+    "UPSTREAMS": (
+        rf"(?:{_ADDRESS}:[0-9]{{1,5}}(?:,{_ADDRESS}:[0-9]{{1,5}})*)?",
+        "ADDRESS:PORT of each host's daphne socket, comma-separated (empty: BIND:PORT)",
+    ),
     "PROCESSES": _NUMBER,
     "NOFILE": _NUMBER,
     "SERVER_NAME": (_HOST, "one host name (letters, digits, - and dots)"),
@@ -81,6 +89,11 @@ def variables(overrides: dict[str, str]) -> dict[str, str]:
         pattern, description = FORMATS[name]
         if not re.fullmatch(pattern, value) or (name in {"PORT", "LISTEN"} and not 0 < port_of(value) < 65536):
             raise RenderError(f"{name}={value!r} is not {description}")
+    for upstream in filter(None, values["UPSTREAMS"].split(",")):
+        if not 0 < port_of(upstream) < 65536:
+            raise RenderError(f"UPSTREAMS={values['UPSTREAMS']!r} has {upstream!r}, whose port is not 1-65535")
+    # nginx on the daphne host by default: the one socket there.
+    values["UPSTREAMS"] = values["UPSTREAMS"] or f"{values['BIND']}:{values['PORT']}"
     return values
 
 
@@ -89,13 +102,21 @@ def port_of(value: str) -> int:
 
 
 def render_text(text: str, values: dict[str, str], *, source: str = "template") -> str:
+    """``text`` with its @NAME@ placeholders filled in; a line with @UPSTREAMS@ is written once per upstream."""
+
     def replace(match: re.Match[str]) -> str:
         name = match.group(1)
         if name not in values:
             raise RenderError(f"{source} uses @{name}@, which is no variable; known: {', '.join(values)}")
         return values[name]
 
-    return PLACEHOLDER.sub(replace, text)
+    lines = []
+    for line in text.splitlines(keepends=True):
+        if "@UPSTREAMS@" in line:
+            lines += [line.replace("@UPSTREAMS@", item) for item in values["UPSTREAMS"].split(",")]
+        else:
+            lines.append(line)
+    return PLACEHOLDER.sub(replace, "".join(lines))
 
 
 def render(name: str, overrides: dict[str, str] | None = None) -> str:

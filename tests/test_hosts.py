@@ -78,7 +78,7 @@ STALE_AFTER = 3
 PROCESSES_PER_HOST = 2
 DAPHNE_PORT = 8765
 TIMEOUT = 15.0
-# A connection that nginx first tries on the cut host waits for its proxy_connect_timeout (10 s), then goes on.
+# A connection that nginx first tries on the cut host waits for its proxy_connect_timeout (3 s), then goes on.
 RECONNECT_TIMEOUT = 30.0
 SLACK = 4.0  # for a busy two-core machine
 ADMIN_PASSWORD = "root-password-for-the-hosts-test"
@@ -312,6 +312,9 @@ def start_redis(lab: Lab) -> None:
     lab.redis_url = f"redis://{address}:{port}/0"
 
 
+HOST_NUMBERS = {"host-a": 2, "host-b": 3}  # each host's address on the bridge: 10.77.N.<number>
+
+
 def render_machine(lab: Lab, name: str) -> dict[str, str]:
     """deploy/render.py's templates for one machine, with its folders and nginx's address as the server name."""
     workdir = lab.workdir / name
@@ -328,6 +331,9 @@ def render_machine(lab: Lab, name: str) -> dict[str, str]:
         "NOFILE": open_file_limit(),
         "SERVER_NAME": proxy,
         "LISTEN": f"{proxy}:80",
+        # Each host's socket on its own address; nginx's upstream lists both.
+        "BIND": lab.network.address(HOST_NUMBERS[name]) if name in HOST_NUMBERS else "127.0.0.1",
+        "UPSTREAMS": ",".join(f"{lab.network.address(n)}:{DAPHNE_PORT}" for n in HOST_NUMBERS.values()),
     }
     render_all(workdir / "deploy", values)
     return values
@@ -389,21 +395,13 @@ def prepare_database(lab: Lab, env_file: Path) -> None:
 def start_host(lab: Lab, name: str, namespace: Namespace, values: dict[str, str]) -> Host:
     """supervisord with the rendered program, inside the host's network namespace, host name and mounts.
 
-    The program's shared socket is bound to the host's own address instead of
-    127.0.0.1 (docs/DEPLOY.md, "processes on more hosts"), so that nginx on the
-    proxy reaches it.
+    The program's shared socket is bound to the host's own address (rendered with
+    BIND, docs/DEPLOY.md, "processes on more hosts"), so that nginx on the proxy reaches it.
     """
     workdir = lab.workdir / name
     Path(values["LOG_DIR"]).mkdir()
     program = workdir / "deploy" / "supervisor" / "notify.conf"
-    program.write_text(
-        replace_once(
-            program.read_text(),
-            rf"^socket=tcp://127\.0\.0\.1:{DAPHNE_PORT}$",
-            f"socket=tcp://{namespace.address}:{DAPHNE_PORT}",
-            "socket= line on 127.0.0.1",
-        )
-    )
+    assert f"socket=tcp://{namespace.address}:{DAPHNE_PORT}\n" in program.read_text()
     # A unix socket path must stay short: a folder of its own. Pathname sockets cross network namespaces.
     rundir = tempfile.TemporaryDirectory(prefix="sv-")
     rpc_socket = Path(rundir.name) / "supervisor.sock"
@@ -454,12 +452,9 @@ def start_nginx(lab: Lab, namespace: Namespace, values: dict[str, str]) -> str:
     """
     prefix = lab.workdir / "proxy" / "nginx"
     site_path = lab.workdir / "proxy" / "deploy" / "nginx" / "notify.conf"
-    site = replace_once(
-        site_path.read_text(),
-        rf"^    server 127\.0\.0\.1:{DAPHNE_PORT};$",
-        "\n".join(f"    server {host.namespace.address}:{DAPHNE_PORT};" for host in lab.hosts.values()),
-        "upstream server on 127.0.0.1",
-    )
+    site = site_path.read_text()
+    for host in lab.hosts.values():
+        assert f"    server {host.namespace.address}:{DAPHNE_PORT};\n" in site
     for directive in ("proxy_read_timeout", "proxy_send_timeout"):
         site = replace_once(site, rf"^(\s*{directive}) 100s;$", rf"\1 {NGINX_READ_TIMEOUT}s;", f"{directive} 100s")
     site_path.write_text(site)
