@@ -63,6 +63,8 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, str | None]]:
             ("saturation: times a sender's socket was paused", "saturation.server_reads_paused", None),
             ("saturation: server CPU per msg (µs)", "saturation.cpu_us_per_msg", "<= 3x baseline"),
             ("saturation: latency p99 (ms)", "saturation.latency_p99_ms", None),
+            ("history in Redis: ids / notifications kept", "history.ids|history.kept", None),
+            ("history in Redis: bytes per kept notification", "history.bytes_per_notification", None),
         ]
     )
     if "resume" in scenarios:

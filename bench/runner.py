@@ -549,7 +549,25 @@ async def measure(name: str, env_: Environment, options: Options, progress: Any,
         result["saturation"] = await attempt(
             relay(server, rate=0, seconds=options.seconds, limit=options.saturation_limit, drain=options.drain)
         )
+        result["history"] = history_memory(server)
     return result
+
+
+def history_memory(server: Running) -> dict[str, Any] | None:
+    """What the relay runs left kept in Redis: ids with a history, notifications kept, bytes per notification."""
+    if server.redis is None:
+        return None
+    keys = list(server.redis.scan_iter(match=f"{server.prefix}kept:*:h", count=1000))
+    if not keys:
+        return None
+    pipe = server.redis.pipeline(transaction=False)
+    for key in keys:
+        pipe.xlen(key)
+        pipe.memory_usage(key, samples=0)
+    replies = pipe.execute()
+    kept = sum(replies[0::2])
+    used = sum(r or 0 for r in replies[1::2])
+    return {"ids": len(keys), "kept": kept, "bytes_per_notification": round(used / max(kept, 1))}
 
 
 def machine() -> dict[str, Any]:
