@@ -68,3 +68,27 @@ def test_a_process_count_that_is_no_count_is_one_line() -> None:
     assert done.returncode == 2
     assert "--processes '1,two': give process counts of 1 or more" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_capacity_plan_is_arithmetic_on_the_measured_figures() -> None:
+    from bench.scaling import document
+
+    report = json.loads((ROOT / "bench" / "results" / "latest.json").read_text())
+    project = report["results"]["project"]
+    cpu = project["rate_2000"]["cpu_us_per_msg"]
+    rss = project["idle_10000"]["rss_per_connection_kb"]
+    text = document(report)
+    assert report["when"] in text
+    assert f"10,000 × {cpu:g} µs = **{10_000 * cpu / 1e6:.1f} cores**" in text
+    assert f"1,000,000 × {rss:g} KB" in text
+    assert "**100** daphne processes" in text  # 1,000,000 clients at 10,000 per process
+
+
+def test_the_capacity_plan_of_a_file_that_is_no_result_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.scaling", str(bad)], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("bench.scaling: cannot plan from")
