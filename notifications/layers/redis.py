@@ -65,7 +65,9 @@ from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer,
 from channels_redis.utils import _wrap_close, decode_hosts
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from notifications import metrics
 from notifications.conf import conf
@@ -129,10 +131,10 @@ SUBSCRIBE_TIMEOUT = 10.0  # seconds Redis may take to confirm a subscription
 HEALTH_CHECK_INTERVAL = 5.0
 PENDING_SCAN_LIMIT = 10_000  # pending sets the admin's dashboard looks at, per Redis server
 COMMAND_TIMEOUT = 10.0  # seconds a pipeline of commands (a send, a resume) may wait for Redis's replies
-# Seconds to open a connection to a Redis server (or a sentinel), and to wait for a sentinel's answer:
-# a server that is down is given up this soon, never retried with backoff, so that a send to it
-# fails at once and never holds up a connection's later frames, nor other shards' ids.
-CONNECT_TIMEOUT = 0.5
+# Seconds to open a connection to a Redis server (or a sentinel), and to wait for a sentinel's answer,
+# never retried with backoff. Generous: a process busy with a burst of connections may take a while to
+# see a connection complete. A server found down is not waited for again (see _Shard.down).
+CONNECT_TIMEOUT = 5.0
 SUBSCRIBE_RETRY_SECONDS = 1.0  # how often a group whose SUBSCRIBE failed is subscribed again
 
 # Queued for a consumer that waits on an empty queue when a gap was marked for it (see Gaps).
@@ -432,6 +434,11 @@ class _Shard(RedisSingleShardConnection):
         self._scripts: dict[str, asyncio.Future[Any]] = {}  # Lua source -> its SCRIPT LOAD (the SHA1)
         self._repending: set[asyncio.Future[None]] = set()
         self._received = 0  # messages read from the pub/sub connection (the watchdog's sign of life)
+        # Why this shard is taken for down (a connection failed), or None. Meanwhile commands fail at once,
+        # holding up no connection's later frames and no other shard's ids, and one probe a second
+        # (a PING) finds out when it answers again.
+        self.down: str | None = None
+        self._probe: asyncio.Future[None] | None = None
 
     async def _on_connect(self, connection: Any) -> None:
         """Every new connection to this shard: set up as usual, then a new epoch if the server was promoted.
@@ -472,8 +479,32 @@ class _Shard(RedisSingleShardConnection):
         """PING, pipelined as publishes are: the shard answers (readiness)."""
         await self._queue(lambda pipe: pipe.ping())
 
+    def _refuse_while_down(self) -> None:
+        if self.down is not None:
+            raise RedisConnectionError(f"Redis {self.name} is down ({self.down}); tried again every second")
+
+    def _mark_down(self, exc: BaseException) -> None:
+        if self.down is None:
+            self.down = one_line(exc)
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.ensure_future(self._probe_until_up())
+
+    async def _probe_until_up(self) -> None:
+        # At once first: a connection that broke because Redis restarted is made again in a moment.
+        while True:
+            try:
+                self._ensure_redis()
+                await asyncio.wait_for(self._redis.ping(), CONNECT_TIMEOUT + COMMAND_TIMEOUT)
+            except Exception as exc:
+                self.down = one_line(exc)
+                await asyncio.sleep(SUBSCRIBE_RETRY_SECONDS)
+            else:
+                self.down = None
+                return
+
     async def run_script(self, source: str, keys: list[str], args: list[Any]) -> Any:
         """A Lua script by EVALSHA, pipelined as publishes are; loaded once, and again after a Redis restart."""
+        self._refuse_while_down()
         for attempt in (1, 2):
             sha = await self._loaded(source)
 
@@ -503,6 +534,7 @@ class _Shard(RedisSingleShardConnection):
             raise
 
     async def _queue(self, command: Command) -> Any:
+        self._refuse_while_down()
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._outbox.append((command, done))
         if self._publisher is None or self._publisher.done():
@@ -514,6 +546,7 @@ class _Shard(RedisSingleShardConnection):
             batch = list(self._outbox)
             self._outbox.clear()
             try:
+                self._refuse_while_down()  # found down by the batch before: these fail at once too
                 self._ensure_redis()
                 pipe = self._redis.pipeline(transaction=False)
                 for command, _ in batch:
@@ -521,6 +554,8 @@ class _Shard(RedisSingleShardConnection):
                 # Bounded: on a connection whose peer vanished without a word, a reply never comes.
                 results = await asyncio.wait_for(pipe.execute(raise_on_error=False), COMMAND_TIMEOUT)
             except Exception as exc:
+                if isinstance(exc, RedisConnectionError | RedisTimeoutError | TimeoutError | OSError):
+                    self._mark_down(exc)
                 for _, done in batch:
                     if not done.done():
                         done.set_exception(exc)
@@ -740,6 +775,8 @@ class _Shard(RedisSingleShardConnection):
             count_undeliverable(event, f"channel {channel}")
 
     async def flush(self) -> None:
+        if self._probe is not None and not self._probe.done():
+            self._probe.cancel()
         if self._publisher is not None and not self._publisher.done():
             self._publisher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
