@@ -772,6 +772,14 @@ def fate(sent: Sent, fields: list[FieldClient], resuming: list[Resuming], droppe
 ACCOUNTED = ("delivered", "replayed on resume", "lost as documented")
 
 
+def subscribers_from(redis_url: str, address: str) -> list[str]:
+    """The pub/sub connections Redis holds from ``address`` (a host's processes' subscriptions)."""
+    import redis
+
+    with closing(redis.Redis.from_url(redis_url)) as server:
+        return [c["addr"] for c in server.client_list(_type="pubsub") if c["addr"].rpartition(":")[0] == address]
+
+
 @pytest.mark.timeout(150)
 async def test_two_hosts_behind_nginx_share_redis_and_the_registry_and_survive_one_host_cut_off(lab: Lab) -> None:
     """docs/DEPLOY.md's "processes on more hosts", run: two hosts behind nginx on one Redis and one database.
@@ -882,6 +890,14 @@ async def test_two_hosts_behind_nginx_share_redis_and_the_registry_and_survive_o
         assert set(open_connections_by_process(samples)) == {f"host-a:{pid}" for pid in pids["host-a"]}
         assert samples["notify_deployment_processes"][()] == PROCESSES_PER_HOST
 
+        # Host A's processes close host B's subscriptions in Redis once B stayed away STALE_AFTER after its
+        # purge: until then Redis counts them as listeners (until TCP gives up, minutes later, if nobody did).
+        async def b_unsubscribed() -> bool:
+            return not await asyncio.to_thread(subscribers_from, lab.redis_url, ns_b.address)
+
+        await wait_for(b_unsubscribed, seconds=STALE_AFTER + 2 * HEARTBEAT_INTERVAL + SLACK, what="B unsubscribed")
+        closed_after = loop.time() - cut_at
+
         # While host B's clients are away (dropped, and purged from the registry), what is sent to them waits,
         # pending, for their next registration. They reconnect through nginx and land on host A.
         await sender.send_to_each("away", [c.recipient for c in on_b] + [r.recipient for r in resuming])
@@ -903,7 +919,10 @@ async def test_two_hosts_behind_nginx_share_redis_and_the_registry_and_survive_o
         await asyncio.gather(*waits)
         table = [(s, fate(s, clients + moved, resuming, on_b)) for s in sender.ledger]
         report = "\n".join(f"  {s.phase:6} {s.recipient:22} {s.outcome!s:8} {what}" for s, what in table)
-        timings = f"rows purged after {purged_after:.1f} s, clients dropped after {dropped_after:.1f} s"
+        timings = (
+            f"rows purged after {purged_after:.1f} s, clients dropped after {dropped_after:.1f} s, "
+            f"its subscriptions closed after {closed_after:.1f} s"
+        )
         print(f"\nhost B cut off: {timings}, back on host A after {back_after:.1f} s; every notification:\n{report}")
         unaccounted = [s for s, what in table if what not in ACCOUNTED]
         assert not unaccounted, report

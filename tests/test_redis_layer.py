@@ -111,13 +111,16 @@ async def test_a_frozen_process_purged_from_the_registry_no_longer_counts_as_a_l
         async def kept_pending() -> bool:
             return (await send_v2(sender, "on-the-frozen-host", "after"))["outcome"] == "pending"
 
-        await eventually(kept_pending, seconds=20, interval=0.5)
-        assert "Closed 1 Redis subscriptions of 1 purged server processes" in alive.log()
+        # Purged after STALE_AFTER (3 s) without a heartbeat; its subscription closed once it stayed
+        # away as long again without writing its rows back.
+        await eventually(kept_pending, seconds=30, interval=0.5)
+        assert "Closed 1 Redis subscriptions of 1 server processes gone" in alive.log()
+        # The pending one waits for the id's next registration, wherever it is (before the frozen
+        # process wakes up and hands it to its own registrant).
+        again = await open_client(alive.url)
+        await register(again, "on-the-frozen-host")
+        assert await receive(again) == "after"
     finally:
         frozen.process.send_signal(signal.SIGCONT)
-    # The pending one waits for the id's next registration, wherever it is.
-    again = await open_client(alive.url)
-    await register(again, "on-the-frozen-host")
-    assert await receive(again) == "after"
     for ws in (recipient, sender, again):
         await ws.close()

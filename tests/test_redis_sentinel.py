@@ -166,7 +166,7 @@ async def test_after_the_master_is_killed_the_replica_takes_over_and_every_notif
     resumer = await open_client(first.url)
     reply = await register_v2(resumer, "failover-v2", since=since)
     assert reply["recovered"] is False
-    assert "is a promoted replica (a failover)" in first.log() + second.log()
+    assert "serves a history it took over (a failover" in first.log() + second.log()
     for ws in (receiver, sender, resumer):
         await ws.close()
     for server in (first, second):

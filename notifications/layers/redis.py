@@ -342,8 +342,10 @@ return 1
 # Run on every new connection to a master. A server that was a replica of the epoch's history and has
 # been promoted since (a failover) reports that history as its previous one; its copy may lack the old
 # master's last writes (replication is asynchronous), so a new epoch begins: no resume across the
-# failover claims to have recovered everything. A restart from the server's own files (a new
-# replication id, no previous one) keeps the epoch: what it kept is what it had.
+# failover claims to have recovered everything. A master without replicas restarted from its own
+# files (a new replication id, no previous one) keeps the epoch: what it kept is what it had. A master
+# that had replicas reports its old id as the previous one after a restart too, and so also starts a
+# new epoch: resumes across the restart say "not recovered", the safe side.
 NEW_HISTORY = """
 local known = redis.call('GET', KEYS[2])
 if known == ARGV[1] then return 0 end
@@ -466,8 +468,8 @@ class _Shard(RedisSingleShardConnection):
         await connection.send_command("EVAL", NEW_HISTORY, 2, epoch, f"{epoch}:replid", now, before)
         if await connection.read_response() == 1:
             logger.warning(
-                "Redis %s is a promoted replica (a failover): notifications kept just before it may be "
-                "missing, so resumes from before it are not recovered",
+                "Redis %s serves a history it took over (a failover, or a restart of a replicated master): "
+                "notifications kept just before may be missing, so resumes from before it are not recovered",
                 self.name,
             )
 
@@ -554,7 +556,8 @@ class _Shard(RedisSingleShardConnection):
                 # Bounded: on a connection whose peer vanished without a word, a reply never comes.
                 results = await asyncio.wait_for(pipe.execute(raise_on_error=False), COMMAND_TIMEOUT)
             except Exception as exc:
-                if isinstance(exc, RedisConnectionError | RedisTimeoutError | TimeoutError | OSError):
+                # A refused or broken connection, not a slow reply (a long script, a fork stall).
+                if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
                     self._mark_down(exc)
                 for _, done in batch:
                     if not done.done():
@@ -570,6 +573,7 @@ class _Shard(RedisSingleShardConnection):
 
     async def subscribe(self, channel: str) -> None:
         """Subscribe, and return once Redis confirmed it: from then on, what is published reaches this process."""
+        self._refuse_while_down()
         confirmed: asyncio.Future[None] | None = None
         async with self._lock:
             waiting = self._confirming.get(channel)
@@ -582,8 +586,10 @@ class _Shard(RedisSingleShardConnection):
                 self._ensure_receiver()
                 try:
                     await self._pubsub.subscribe(channel)
-                except BaseException:
+                except BaseException as exc:
                     self._forget(channel, confirmed)
+                    if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
+                        self._mark_down(exc)
                     raise
                 self._subscribed_to.add(channel)
             elif waiting:
@@ -874,6 +880,10 @@ class _LoopLayer(RedisPubSubLoopLayer):
                 await shard.subscribe(name)
             except Exception:
                 continue
+            if not wanted():  # everyone left while it was being made: nobody needs it
+                with contextlib.suppress(Exception):
+                    await shard.unsubscribe(name)
+                return
             if self.groups.get(name):
                 # A group subscribed at last: what was sent meanwhile is pending, or missed by its members.
                 for channel in self.groups.get(name, ()):
@@ -881,6 +891,11 @@ class _LoopLayer(RedisPubSubLoopLayer):
                 await shard._hand_over_pending(name)
             logger.info("Subscribed to %s on Redis %s again", name, shard.name)
             return
+
+    async def flush(self) -> None:
+        for task in [*self._resubscribing.values(), *self._cleanups]:
+            task.cancel()
+        await super().flush()
 
     def gap(self, channel: str, group_channel: str) -> None:
         """What was sent to ``group_channel`` may not have reached ``channel``: its consumer catches up."""
@@ -928,25 +943,32 @@ class _LoopLayer(RedisPubSubLoopLayer):
         return ""
 
     async def disconnect_processes(self, process_ids: list[str]) -> int:
-        """Close the Redis subscriptions of these processes (purged from the registry); how many were closed.
+        """Close the Redis subscriptions of these processes, gone from the registry; how many were closed.
 
-        Called by the process that purged them: a host cut off the network keeps
-        its subscriptions on Redis's side until TCP gives up, and while Redis counts
-        them, notifications to their ids are taken for delivered instead of pending.
+        Called by the process that purged them, once they stayed away (see the
+        registry): a host cut off the network keeps its subscriptions on Redis's
+        side until TCP gives up, and while Redis counts them, notifications to
+        their ids are taken for delivered instead of pending. Shards taken for
+        down are skipped.
         """
         names = {client_name(self.prefix, process_id) for process_id in process_ids}
 
         async def on(shard: _Shard) -> int:
+            if shard.down is not None:
+                return 0
             shard._ensure_redis()
             clients = await asyncio.wait_for(shard._redis.client_list(_type="pubsub"), COMMAND_TIMEOUT)
-            ids = [client["id"] for client in clients if client.get("name") in names]
-            for client_id in ids:
-                await asyncio.wait_for(shard._redis.client_kill_filter(_id=client_id), COMMAND_TIMEOUT)
+            ids = [c["id"] for c in clients if c.get("name") in names]
+            if ids:
+                pipe = shard._redis.pipeline(transaction=False)
+                for client_id in ids:
+                    pipe.client_kill_filter(_id=client_id)
+                await asyncio.wait_for(pipe.execute(raise_on_error=False), COMMAND_TIMEOUT)
             return len(ids)
 
         closed = sum(await asyncio.gather(*(on(shard) for shard in self._shards)))
         if closed:
-            logger.info("Closed %d Redis subscriptions of %d purged server processes", closed, len(process_ids))
+            logger.info("Closed %d Redis subscriptions of %d server processes gone", closed, len(process_ids))
         return closed
 
     async def problems(self, timeout: float) -> list[str]:  # noqa: ASYNC109  (one bound per server, run at once)
@@ -1204,7 +1226,7 @@ class RedisPubSubLayer(RedisPubSubChannelLayer):
         return await self._get_layer().keep_pending(group, message)
 
     async def disconnect_processes(self, process_ids: list[str]) -> int:
-        """Close purged processes' Redis subscriptions (see ``_LoopLayer.disconnect_processes``)."""
+        """Close the Redis subscriptions of processes gone (see ``_LoopLayer.disconnect_processes``)."""
         return await self._get_layer().disconnect_processes(process_ids)
 
     def _get_layer(self) -> _LoopLayer:

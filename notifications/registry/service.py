@@ -51,8 +51,12 @@ def _text(value: str, limit: int) -> str:
     return value.replace("\x00", "")[:limit]
 
 
-async def _disconnect_from_layer(process_ids: list[str]) -> None:
-    """Close what purged processes still hold in the channel layer (Redis subscriptions).
+DISCONNECT_TIMEOUT = 20.0  # seconds one round of closing may take, every shard together
+GIVE_UP_DISCONNECTING = 600.0  # seconds after a purge that closing what the process held is still tried
+
+
+async def _disconnect_from_layer(process_ids: list[str]) -> bool:
+    """Close what processes gone still hold in the channel layer (Redis subscriptions); False if that failed.
 
     A host cut off the network keeps its connections to Redis open on Redis's
     side until TCP gives up, many minutes later; meanwhile Redis counts its
@@ -61,11 +65,19 @@ async def _disconnect_from_layer(process_ids: list[str]) -> None:
     """
     disconnect = getattr(get_channel_layer(), "disconnect_processes", None)
     if disconnect is None:
-        return
+        return True
     try:
-        await disconnect(process_ids)
+        await asyncio.wait_for(disconnect(process_ids), DISCONNECT_TIMEOUT)
     except Exception as exc:
-        logger.warning("Registry: could not close the purged processes' channel-layer connections: %s", one_line(exc))
+        logger.warning("Registry: could not close the channel-layer connections of processes gone: %s", one_line(exc))
+        return False
+    return True
+
+
+def _still_away(process_ids: list[str]) -> list[str]:
+    """Those of ``process_ids`` that have not written their rows again (a process purged by mistake does)."""
+    back = set(ServerProcess.objects.filter(pk__in=process_ids).values_list("pk", flat=True))
+    return [p for p in process_ids if p not in back]
 
 
 class Registry:
@@ -87,6 +99,33 @@ class Registry:
         self._resync = False
         self._closed = False
         self._wake = asyncio.Event()
+        # Purged processes whose Redis subscriptions may still be open, with when they were purged.
+        self._purged: dict[str, float] = {}
+        self._disconnecting: asyncio.Future[None] | None = None
+
+    async def _disconnect_purged(self) -> None:
+        """Close the subscriptions of purged processes that stayed away for ``STALE_AFTER`` after their purge.
+
+        The wait tells a process gone from one purged because the database was away
+        (every process misses its heartbeats then): that one writes its rows again
+        as soon as the database answers, and keeps its subscriptions.
+        """
+        now = asyncio.get_running_loop().time()
+        due = [p for p, purged_at in self._purged.items() if now - purged_at >= conf.STALE_AFTER]
+        if not due:
+            return
+        try:
+            away = await database_sync_to_async(_still_away)(due)
+        except Exception as exc:  # the database is away: next beat
+            logger.debug("Registry: cannot tell which purged processes stayed away: %s", one_line(exc))
+            return
+        if not away or await _disconnect_from_layer(away):
+            for process_id in due:
+                del self._purged[process_id]
+        else:  # tried again each beat, for a while
+            for process_id in due:
+                if now - self._purged[process_id] > GIVE_UP_DISCONNECTING:
+                    del self._purged[process_id]
 
     # Start and stop.
 
@@ -147,6 +186,8 @@ class Registry:
             return
         self._closed = True
         self._task.cancel()
+        if self._disconnecting is not None:
+            self._disconnecting.cancel()
         try:
             await asyncio.wait_for(database_sync_to_async(self.writer.remove_own_rows)(), SHUTDOWN_TIMEOUT)
         except Exception as exc:
@@ -222,8 +263,10 @@ class Registry:
                 await self._flush(with_activity=beat)
                 if beat:
                     purged += await database_sync_to_async(self.writer.purge_stale)()
-                if purged:
-                    await _disconnect_from_layer(purged)
+                for process_id in purged:
+                    self._purged.setdefault(process_id, loop.time())
+                if beat and self._purged and (self._disconnecting is None or self._disconnecting.done()):
+                    self._disconnecting = asyncio.ensure_future(self._disconnect_purged())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
