@@ -87,10 +87,20 @@ def env_websocket_url(environ: Mapping[str, str], name: str, default: str) -> st
     return value
 
 
+def _shown(url: str) -> str:
+    """A Redis address for an error message: whatever could be a password (before an @) left out."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.rsplit("@", 1)[1]
+    return f"{scheme}{sep}{rest}" if sep else ("***" if "@" in url else url)
+
+
 def env_redis_url(environ: Mapping[str, str], name: str) -> str:
     value = env_str(environ, name, "")
     if value and not value.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigurationError(f"{name}={value!r} is not a Redis address; use redis://host:6379/0.")
+        raise ConfigurationError(
+            f"{name}={_shown(value)!r} is not a Redis address; use redis://host:6379/0 (a comma in a password: %2C)."
+        )
     return value
 
 
@@ -132,7 +142,7 @@ def env_redis_hosts(environ: Mapping[str, str]) -> list[dict[str, Any]]:
     for index, url in enumerate(urls):
         env_redis_url({"REDIS_URL": url}, "REDIS_URL")
         if url in urls[:index]:
-            raise ConfigurationError(f"REDIS_URL names {url!r} twice; each shard is a different Redis.")
+            raise ConfigurationError(f"REDIS_URL names {_shown(url)!r} twice; each shard is a different Redis.")
     return [{"address": url} for url in urls]
 
 

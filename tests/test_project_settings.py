@@ -235,3 +235,13 @@ def test_https_mode_answers_the_deployment_checks_about_tls(run_python: Python, 
     result = run_python("manage.py", "check", "--deploy", env=env)
     assert result.returncode == 0, result.stderr
     assert {w for w in HTTPS_WARNINGS if f"({w})" in result.stderr} == warned
+
+
+def test_a_bad_redis_address_is_named_without_its_password() -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        env_redis_hosts({"REDIS_URL": "redis://:secret,part@10.0.0.5:6379/0"})  # a comma splits it
+    assert "secret" not in str(raised.value) and "part" not in str(raised.value)
+    assert "%2C" in str(raised.value)
+    with pytest.raises(ConfigurationError) as raised:
+        env_redis_hosts({"REDIS_URL": "redis://:secret@a/0,redis://:secret@a/0"})
+    assert "secret" not in str(raised.value) and "redis://***@a/0" in str(raised.value)
