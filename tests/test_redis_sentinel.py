@@ -91,6 +91,7 @@ async def test_after_the_master_is_killed_the_replica_takes_over_and_every_notif
     await wait_until(lambda: _info(setup.replica, "replication").get("master_link_status") == "up", seconds=20)
     await wait_until(lambda: all(_sentinel_knows_everyone(s) for s in setup.sentinels), seconds=30, interval=0.2)
     env: dict[str, str | None] = {
+        "REDIS_URL": None,  # the suite's own Redis, when set, is not this one
         "REDIS_SENTINELS": setup.addresses,
         "REDIS_SENTINEL_MASTER": MASTER,
         "REDIS_PREFIX": PREFIX,
