@@ -222,3 +222,16 @@ async def eventually_receives(
         except TimeoutError:
             continue
     raise AssertionError(f"{recipient} receives nothing {seconds} s after its shard came back")
+
+
+@pytest.mark.parametrize(
+    ("address", "shown"),
+    [
+        ("redis://:secret@h:6379/0", "redis://:***@h:6379/0"),
+        ("redis://user:secret@h/0?password=secret&db=1", "redis://user:***@h/0?password=***&db=1"),
+        ("unix:///run/redis.sock?password=secret", "unix:///run/redis.sock?password=***"),
+        ("redis://h:6379/0?socket_timeout=5", "redis://h:6379/0?socket_timeout=5"),
+    ],
+)
+def test_a_shard_is_named_in_logs_and_probes_without_its_password(address: str, shown: str) -> None:
+    assert layer_of([address, "redis://other:6379/0"])._shards[0].name == shown

@@ -59,7 +59,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer, RedisSingleShardConnection
 from channels_redis.utils import _wrap_close, decode_hosts
@@ -801,12 +801,19 @@ class _Shard(RedisSingleShardConnection):
 
 
 def _without_password(address: str) -> str:
-    """A Redis address fit for a log line or a probe's answer: any password replaced by ``***``."""
+    """A Redis address fit for a log line or a probe's answer: any password (``:pw@``, ``?password=``) as ``***``."""
     parts = urlsplit(address)
-    if parts.password is None:
+    if parts.password is not None:
+        user = f"{parts.username}:" if parts.username else ":"
+        address = urlunsplit(parts._replace(netloc=f"{user}***@{parts.netloc.rsplit('@', 1)[1]}"))
+    base, mark, query = address.partition("?")
+    if not mark:
         return address
-    user = f"{parts.username}:" if parts.username else ":"
-    return urlunsplit(parts._replace(netloc=f"{user}***@{parts.netloc.rsplit('@', 1)[1]}"))
+    pairs = [
+        (name, "***" if name.lower() == "password" else value)
+        for name, value in parse_qsl(query, keep_blank_values=True)
+    ]
+    return f"{base}?{urlencode(pairs, safe='*')}"
 
 
 class _LoopLayer(RedisPubSubLoopLayer):
