@@ -23,30 +23,37 @@ logger = logging.getLogger("bench.baseline")
 clients: dict[str, set[ServerConnection]] = {}
 
 
+def decide(frame: str) -> tuple[str, str | None] | None:
+    """What the old server did with a text frame: (id, None) registers, (id, text) relays, None ignores."""
+    try:
+        data = json.loads(frame)
+    except ValueError:
+        logger.info("Plain text ignored")
+        return None
+    if not isinstance(data, dict) or "message" not in data:
+        return None
+    recipient = data.get("recipient_uuid")
+    if not isinstance(recipient, str) or not recipient:
+        return None
+    message = data["message"]
+    if message == "connected":
+        return recipient, None
+    return recipient, message if isinstance(message, str) else json.dumps(message)
+
+
 async def handler(ws: ServerConnection) -> None:
     registered: list[str] = []
     logger.info("Client connected. Connections total: %d", len(clients))
     try:
         await ws.send(GREETING)
         async for frame in ws:
-            if not isinstance(frame, str):
+            if not isinstance(frame, str) or (action := decide(frame)) is None:
                 continue
-            try:
-                data = json.loads(frame)
-            except ValueError:
-                logger.info("Plain text ignored")
-                continue
-            if not isinstance(data, dict) or "message" not in data:
-                continue
-            recipient = data.get("recipient_uuid")
-            if not isinstance(recipient, str) or not recipient:
-                continue
-            message = data["message"]
-            if message == "connected":
+            recipient, text = action
+            if text is None:
                 clients.setdefault(recipient, set()).add(ws)
                 registered.append(recipient)
                 continue
-            text = message if isinstance(message, str) else json.dumps(message)
             for peer in list(clients.get(recipient, ())):
                 with contextlib.suppress(ConnectionClosed):
                     await peer.send(text)

@@ -11,11 +11,10 @@ on daphne. Served by ``python -m bench`` as ``daphne-floor``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-GREETING = "..:: Hello from the Notification Center ::.."
+from bench.baseline import GREETING, decide
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 clients: dict[str, set[Send]] = {}
@@ -35,23 +34,13 @@ async def application(scope: dict[str, Any], receive: Callable[[], Awaitable[dic
             if event["type"] == "websocket.disconnect":
                 return
             frame = event.get("text")
-            if frame is None:
+            if frame is None or (action := decide(frame)) is None:
                 continue
-            try:
-                data = json.loads(frame)
-            except ValueError:
-                continue
-            if not isinstance(data, dict) or "message" not in data:
-                continue
-            recipient = data.get("recipient_uuid")
-            if not isinstance(recipient, str) or not recipient:
-                continue
-            message = data["message"]
-            if message == "connected":
+            recipient, text = action
+            if text is None:
                 clients.setdefault(recipient, set()).add(send)
                 registered.append(recipient)
                 continue
-            text = message if isinstance(message, str) else json.dumps(message)
             for peer in list(clients.get(recipient, ())):
                 await peer({"type": "websocket.send", "text": text})
     finally:

@@ -113,8 +113,18 @@ def systemd_default_open_files() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 
 
-def start_supervisord(workdir: Path, program: Path) -> Supervisor:
-    """Start supervisord in the foreground with a main config of the test's own that includes ``program``."""
+@dataclass
+class SupervisordConfig:
+    """A main supervisord config of a test's own, which includes the rendered program."""
+
+    conf: Path
+    rpc_socket: Path
+    log: Path
+    rundir: tempfile.TemporaryDirectory
+
+
+def write_supervisord_config(workdir: Path, program: Path) -> SupervisordConfig:
+    """supervisord's main config in ``workdir``: in the foreground, its control socket, ``program`` included."""
     # A unix socket path must stay under about 100 bytes: a short folder of its own.
     rundir = tempfile.TemporaryDirectory(prefix="sv-")
     rpc_socket = Path(rundir.name) / "supervisor.sock"
@@ -142,6 +152,13 @@ serverurl=unix://{rpc_socket}
 files = {program}
 """
     )
+    return SupervisordConfig(conf=conf, rpc_socket=rpc_socket, log=log, rundir=rundir)
+
+
+def start_supervisord(workdir: Path, program: Path) -> Supervisor:
+    """Start supervisord in the foreground with a main config of the test's own that includes ``program``."""
+    config = write_supervisord_config(workdir, program)
+    conf = config.conf
     supervisord = Path(sys.executable).parent / "supervisord"
     process = subprocess.Popen(
         [str(supervisord), "-c", str(conf)],
@@ -155,7 +172,7 @@ files = {program}
         # Started with systemd's default soft limit, so that the test sees minfds raise it.
         preexec_fn=systemd_default_open_files,
     )
-    return Supervisor(process=process, rpc_socket=rpc_socket, log=log, _rundir=rundir)
+    return Supervisor(process=process, rpc_socket=config.rpc_socket, log=config.log, _rundir=config.rundir)
 
 
 @dataclass

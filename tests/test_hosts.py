@@ -64,7 +64,13 @@ from harness.clients import (
 )
 from harness.servers import ROOT, child_env, find_program, nginx_conf, redis_server_binary, run_python, stop_process
 from harness.servers import wait_for_port as wait_for_port_blocking
-from tests.deploy_servers import TEST_SECRET_KEY, Supervisor, open_file_limit, set_env_values
+from tests.deploy_servers import (
+    TEST_SECRET_KEY,
+    Supervisor,
+    open_file_limit,
+    set_env_values,
+    write_supervisord_config,
+)
 from tests.programs import IN_CI
 
 # Keep-alive shortened so that a cut host is noticed in seconds (README, "Configuration"), and nginx's timeouts
@@ -402,43 +408,21 @@ def start_host(lab: Lab, name: str, namespace: Namespace, values: dict[str, str]
     Path(values["LOG_DIR"]).mkdir()
     program = workdir / "deploy" / "supervisor" / "notify.conf"
     assert f"socket=tcp://{namespace.address}:{DAPHNE_PORT}\n" in program.read_text()
-    # A unix socket path must stay short: a folder of its own. Pathname sockets cross network namespaces.
-    rundir = tempfile.TemporaryDirectory(prefix="sv-")
-    rpc_socket = Path(rundir.name) / "supervisor.sock"
-    conf = workdir / "supervisord.conf"
-    log = workdir / "supervisord.log"
-    conf.write_text(
-        f"""[supervisord]
-nodaemon=true
-user=root
-logfile={log}
-pidfile={workdir / "supervisord.pid"}
-childlogdir={workdir}
-
-[unix_http_server]
-file={rpc_socket}
-chmod=0700
-
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-
-[include]
-files = {program}
-"""
-    )
+    # Its control socket is a pathname socket: those cross network namespaces.
+    config = write_supervisord_config(workdir, program)
     programs = lab.programs
     with (workdir / "launch.log").open("wb") as launch_log:
         process = subprocess.Popen(
             # ip netns exec, unshare and the Python line each exec the next: the process is supervisord in the end.
             [programs.ip, "netns", "exec", namespace.name, programs.unshare, "--uts", "--mount", "--",
-             sys.executable, "-c", SET_HOSTNAME_AND_EXEC, name, programs.supervisord, "-c", str(conf)],
+             sys.executable, "-c", SET_HOSTNAME_AND_EXEC, name, programs.supervisord, "-c", str(config.conf)],
             cwd=workdir,
             env=child_env({"REDIS_URL": None, "DATABASE_URL": None, "DJANGO_SECRET_KEY": None}),
             stdout=launch_log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
-    supervisor = Supervisor(process=process, rpc_socket=rpc_socket, log=log, _rundir=rundir)
+    supervisor = Supervisor(process=process, rpc_socket=config.rpc_socket, log=config.log, _rundir=config.rundir)
     host = Host(name, namespace, workdir, supervisor)
     lab.hosts[name] = host
     return host
