@@ -9,10 +9,12 @@ about 17 Redis commands per delivered message.
 What the subclasses change, each measured with ``python -m bench``:
 
 - Pub/sub publishes are pipelined: the library sends one PUBLISH at a time
-  under a lock, one round trip each; here every publish waiting at that
-  moment goes out in one pipeline on one connection (so the pool never needs
-  more than two connections, and redis-py 8's pool limit of 100, which raises
-  instead of waiting, cannot be reached however many clients send at once).
+  under a lock, one round trip each; here every command waiting at that
+  moment (publishes, the keeping script) goes out in one write on one
+  connection held for them, packed by hiredis, without redis-py's
+  ``Pipeline`` and its per-batch pool checkout (so redis-py 8's pool limit of
+  100, which raises instead of waiting, cannot be reached however many
+  clients send at once).
 - Blocking reads instead of the library's 0.1 s polling per message.
 - Each connection's queue is bounded; a message that does not fit is counted.
 - A consumer that goes away no longer prints ``CancelledError`` tracebacks:
@@ -61,6 +63,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import hiredis
 from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer, RedisSingleShardConnection
 from channels_redis.utils import _wrap_close, decode_hosts
 from redis.asyncio.retry import Retry
@@ -356,8 +359,8 @@ redis.call('SET', KEYS[1], string.format('%x%05x', tonumber(t[1]), tonumber(t[2]
 return 1
 """
 
-# What a pipeline command is: queue it on the pipeline.
-Command = Callable[[Any], Any]
+# A command as Redis receives it: its name and arguments (str, bytes or int).
+Command = tuple[Any, ...]
 
 
 def _stream_order(position: str) -> tuple[int, int]:
@@ -430,6 +433,8 @@ class _Shard(RedisSingleShardConnection):
         self.host = _fast_failing(host, self._on_connect, client_name(channel_layer.prefix, channel_layer.process_id))
         self._outbox: deque[tuple[Command, asyncio.Future[Any]]] = deque()
         self._publisher: asyncio.Future[None] | None = None
+        # The connection the outbox is pipelined on: taken from the pool once and held (see _publish_waiting).
+        self._link: Any = None
         # Per channel, one future per SUBSCRIBE sent and not confirmed yet, in the order sent.
         self._confirming: dict[str, deque[asyncio.Future[None]]] = {}
         self._lost: set[str] = set()  # channels whose waiting SUBSCRIBEs went with a broken connection
@@ -475,11 +480,11 @@ class _Shard(RedisSingleShardConnection):
 
     async def publish(self, channel: str, message: bytes) -> int:
         """PUBLISH, pipelined with every command waiting at that moment; how many subscribers received it."""
-        return int(await self._queue(lambda pipe: pipe.publish(channel, message)))
+        return int(await self._queue((b"PUBLISH", channel, message)))
 
     async def ping(self) -> None:
         """PING, pipelined as publishes are: the shard answers (readiness)."""
-        await self._queue(lambda pipe: pipe.ping())
+        await self._queue((b"PING",))
 
     def _refuse_while_down(self) -> None:
         if self.down is not None:
@@ -509,12 +514,8 @@ class _Shard(RedisSingleShardConnection):
         self._refuse_while_down()
         for attempt in (1, 2):
             sha = await self._loaded(source)
-
-            def evalsha(pipe: Any, sha: str = sha) -> Any:
-                return pipe.evalsha(sha, len(keys), *keys, *args)
-
             try:
-                return await self._queue(evalsha)
+                return await self._queue((b"EVALSHA", sha, len(keys), *keys, *args))
             except NoScriptError:
                 if (loading := self._scripts.get(source)) is not None and loading.done():
                     del self._scripts[source]  # Redis restarted, or its scripts were flushed: load once more
@@ -525,6 +526,8 @@ class _Shard(RedisSingleShardConnection):
     async def _loaded(self, source: str) -> str:
         """The script's SHA1 once Redis has loaded it: one SCRIPT LOAD however many callers wait."""
         loading = self._scripts.get(source)
+        if loading is not None and loading.done() and not loading.cancelled() and loading.exception() is None:
+            return str(loading.result())  # loaded: no shield (a future and a callback per send)
         if loading is None:
             self._ensure_redis()
             loading = self._scripts[source] = asyncio.ensure_future(self._redis.script_load(source))
@@ -544,32 +547,56 @@ class _Shard(RedisSingleShardConnection):
         return await done
 
     async def _publish_waiting(self) -> None:
+        """Send every command waiting, in one write on one held connection, and hand each its reply.
+
+        redis-py's ``Pipeline`` takes a pooled connection, checks it and gives it
+        back for every batch, and packs commands in Python; at one batch per
+        notification that was most of the layer's cost. Here one connection of the
+        pool is held for the outbox, the commands are packed by hiredis, and the
+        replies are read in order from the same connection.
+        """
         while self._outbox:
             batch = list(self._outbox)
             self._outbox.clear()
             try:
                 self._refuse_while_down()  # found down by the batch before: these fail at once too
-                self._ensure_redis()
-                pipe = self._redis.pipeline(transaction=False)
-                for command, _ in batch:
-                    command(pipe)
                 # Bounded: on a connection whose peer vanished without a word, a reply never comes.
-                results = await asyncio.wait_for(pipe.execute(raise_on_error=False), COMMAND_TIMEOUT)
+                async with asyncio.timeout(COMMAND_TIMEOUT):
+                    link = await self._held_link()
+                    await link.send_packed_command(
+                        b"".join([hiredis.pack_command(command) for command, _ in batch]), check_health=False
+                    )
+                    for _, done in batch:
+                        try:
+                            result = await link.read_response()
+                        except ResponseError as exc:  # this command's error: the connection reads on
+                            if not done.done():
+                                done.set_exception(exc)
+                        else:
+                            if not done.done():
+                                done.set_result(result)
             except Exception as exc:
-                # A refused or broken connection, not a slow reply (a long script, a fork stall).
+                # redis-py disconnected the link on any other error (the next batch connects it again).
+                # A refused or broken connection, or no reply in time, not a slow script's error reply.
                 if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
                     self._mark_down(exc)
                 for _, done in batch:
                     if not done.done():
                         done.set_exception(exc)
-            else:
-                for (_, done), result in zip(batch, results, strict=True):
-                    if done.done():
-                        continue
-                    if isinstance(result, Exception):
-                        done.set_exception(result)
-                    else:
-                        done.set_result(result)
+
+    async def _held_link(self) -> Any:
+        """The outbox's connection: the pool's kind and options, but no ``socket_timeout``.
+
+        redis-py bounds each write (a task, by ``wait_for``) and each read (a timer)
+        by ``socket_timeout``; here one ``asyncio.timeout`` bounds the whole batch.
+        """
+        if self._link is None:
+            self._ensure_redis()
+            pool = self._redis.connection_pool
+            self._link = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
+        if not self._link.is_connected:
+            await self._link.connect()
+        return self._link
 
     async def subscribe(self, channel: str) -> None:
         """Subscribe, and return once Redis confirmed it: from then on, what is published reaches this process."""
@@ -651,6 +678,11 @@ class _Shard(RedisSingleShardConnection):
             seen, pinged = -1, False
             with contextlib.suppress(Exception):
                 await pubsub.connection.disconnect()
+            if self._link is not None and (self._publisher is None or self._publisher.done()):
+                # The commands' connection went the same way, most likely: made again for the next command
+                # (not while a batch waits on it: that one gives up after COMMAND_TIMEOUT).
+                with contextlib.suppress(Exception):
+                    await self._link.disconnect()
 
     async def _read_forever(self) -> None:
         while True:
@@ -787,6 +819,10 @@ class _Shard(RedisSingleShardConnection):
             self._publisher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._publisher
+        if self._link is not None:
+            link, self._link = self._link, None
+            with contextlib.suppress(Exception):
+                await link.disconnect()
         while self._outbox:  # nobody may wait forever for a publish that will not happen
             _, done = self._outbox.popleft()
             if not done.done():
