@@ -47,6 +47,27 @@ def test_the_installed_channels_redis_has_every_private_member_the_redis_layer_u
     assert missing == [], "channels-redis changed: notifications/layers/redis.py must follow"
 
 
+async def test_redis_py_hands_a_published_message_over_as_the_layer_reads_it(redis_url: str, redis_prefix: str) -> None:
+    """The Redis layer reads published messages from ``PubSub.parse_response`` itself (not ``get_message``),
+    with its own push handler: a redis-py upgrade that changes what these return fails here."""
+    from notifications.layers.redis import _as_received
+
+    client = aioredis.Redis.from_url(redis_url)
+    pubsub = client.pubsub(push_handler_func=_as_received)
+    channel = f"{redis_prefix}shape"
+    try:
+        await pubsub.subscribe(channel)
+        confirmation = await asyncio.wait_for(pubsub.parse_response(block=True), 5)
+        assert (await pubsub.handle_message(confirmation))["type"] == "subscribe"
+        await client.publish(channel, b"\x00payload")
+        reply = await asyncio.wait_for(pubsub.parse_response(block=True), 5)
+        assert isinstance(reply, list)
+        assert reply == [b"message", channel.encode(), b"\x00payload"]
+    finally:
+        await pubsub.aclose()
+        await client.aclose()
+
+
 # In-memory layer
 
 

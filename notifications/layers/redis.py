@@ -427,6 +427,8 @@ def _fast_failing(host: dict[str, Any], on_connect: Callable[[Any], Any], name: 
 class _Shard(RedisSingleShardConnection):
     """One Redis connection pair with pipelined commands, confirmed subscriptions and bounded delivery."""
 
+    _pubsub: Any
+
     def __init__(self, host: Any, channel_layer: Any) -> None:
         super().__init__(host, channel_layer)
         self.name = shard_name(host)
@@ -684,11 +686,26 @@ class _Shard(RedisSingleShardConnection):
                 with contextlib.suppress(Exception):
                     await self._link.disconnect()
 
+    def _ensure_redis(self) -> None:
+        if self._redis is None:
+            super()._ensure_redis()
+            client: Any = self._redis
+            # redis-py's default handler of pub/sub replies formats each one for a debug line nobody sees.
+            self._pubsub = client.pubsub(push_handler_func=_as_received)
+
     async def _read_forever(self) -> None:
         while True:
             try:
-                if self._pubsub is not None and self._pubsub.subscribed:
-                    self._receive_message(await self._pubsub.get_message(timeout=None))
+                pubsub = self._pubsub
+                if pubsub is not None and pubsub.subscribed:
+                    # A published message is handled here as read; anything else (subscription
+                    # confirmations, pongs) goes through redis-py's bookkeeping first.
+                    reply = await pubsub.parse_response(block=True)
+                    if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
+                        self._received += 1
+                        self._published(reply[1].decode(), reply[2])
+                    elif reply:
+                        self._receive_message(await pubsub.handle_message(reply))
                 else:
                     await asyncio.sleep(0.1)
             except (asyncio.CancelledError, TimeoutError, GeneratorExit):
@@ -709,12 +726,14 @@ class _Shard(RedisSingleShardConnection):
         if isinstance(name, bytes):
             name = name.decode()
         kind = message["type"]
-        if kind != "message" and kind != b"message":
-            if kind in ("subscribe", b"subscribe"):
-                self._subscribed(name)
-            return
+        if kind == "message" or kind == b"message":
+            self._published(name, message["data"])
+        elif kind in ("subscribe", b"subscribe"):
+            self._subscribed(name)
+
+    def _published(self, name: str, data: bytes) -> None:
+        """A message published on ``name`` (a channel or a group's channel): to its queues in this process."""
         layer = self.channel_layer
-        data = message["data"]
         queue = layer.channels.get(name)
         if queue is not None:
             self._put(queue, data, name, None)
@@ -834,6 +853,10 @@ class _Shard(RedisSingleShardConnection):
         self._confirming.clear()
         self._lost.clear()
         await super().flush()
+
+
+async def _as_received(reply: Any) -> Any:
+    return reply
 
 
 def _without_password(address: str) -> str:
