@@ -587,7 +587,8 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
             self.closing = True
             return False
         try:
-            await self.send(text_data=text)
+            # What AsyncWebsocketConsumer.send(text_data=text) sends, two coroutine frames fewer per frame.
+            await self.base_send({"type": "websocket.send", "text": text})
         except Disconnected:  # daphne's socket closed under us (the client vanished): disconnect() follows
             self.closing = True
             return False
