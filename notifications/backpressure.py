@@ -206,7 +206,8 @@ class Backlog:
         self._send_text = send_text
         self._window = window
         self._who = who  # for the log: the connection's temporary id
-        self._waiting: deque[str] = deque()
+        # Made when something must wait (an empty deque is 600 bytes per connection), dropped once sent.
+        self._waiting: deque[str] | tuple[()] = ()
         self._dropped = 0  # since the client stopped reading
         self._drainer: asyncio.Future[None] | None = None
         self._room: asyncio.Future[None] | None = None  # a paced sender waits for this
@@ -230,6 +231,8 @@ class Backlog:
         if window is None or not (window.paused or self._waiting):
             return await self._send_text(text)
         if len(self._waiting) < conf.MAX_QUEUED_MESSAGES:
+            if not isinstance(self._waiting, deque):
+                self._waiting = deque()
             self._waiting.append(text)
             if not window.paused:
                 self._drain_soon()
@@ -267,7 +270,7 @@ class Backlog:
     def discard(self) -> int:
         """Forget what still waits (the client left); how many were waiting."""
         count = len(self._waiting)
-        self._waiting.clear()
+        self._waiting = ()
         return count
 
     def _resumed(self) -> None:
@@ -286,10 +289,16 @@ class Backlog:
 
     async def _drain(self) -> None:
         while self._waiting and self._window is not None and not (self._window.paused or self._window.stopped):
-            if not await self._send_text(self._waiting[0]):
+            waiting = self._waiting
+            assert isinstance(waiting, deque)
+            if not await self._send_text(waiting[0]):
                 return  # gone: disconnect() counts what still waits
-            self._waiting.popleft()
+            waiting.popleft()
             self._make_room()
-        if not self._waiting and self._dropped:
-            logger.warning("Client %s reads again; %d notifications were dropped meanwhile", self._who, self._dropped)
-            self._dropped = 0
+        if not self._waiting:
+            self._waiting = ()
+            if self._dropped:
+                logger.warning(
+                    "Client %s reads again; %d notifications were dropped meanwhile", self._who, self._dropped
+                )
+                self._dropped = 0

@@ -59,7 +59,7 @@ class InMemoryLayer(InMemoryChannelLayer):
         # every channel on every send and receive would find nothing.
         return
 
-    def _queue(self, channel: str) -> asyncio.Queue[Any]:
+    def _queue(self, channel: str) -> ChannelQueue:
         queue = self.channels.get(channel)
         if queue is None:
             queue = self.channels[channel] = ChannelQueue(self.get_capacity(channel))

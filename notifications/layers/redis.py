@@ -818,7 +818,7 @@ class _Shard(RedisSingleShardConnection):
                 exc,
             )
 
-    def _put(self, queue: asyncio.Queue[bytes], data: bytes, channel: str, group_channel: str | None) -> None:
+    def _put(self, queue: ChannelQueue, data: bytes, channel: str, group_channel: str | None) -> None:
         try:
             queue.put_nowait(data)
         except asyncio.QueueFull:
