@@ -42,6 +42,8 @@ class WriteWindow:
     (64 KiB in Twisted) of unsent data; ``on_resume`` runs when it drains.
     """
 
+    __slots__ = ("paused", "stopped", "on_resume")
+
     def __init__(self) -> None:
         self.paused = False
         self.stopped = False  # the connection is gone
@@ -105,6 +107,8 @@ class ReadWindow:
     than ``READ_RESUME_AT`` do. :func:`read_window` gives None under any
     other server, and then nothing is paused.
     """
+
+    __slots__ = ("_queue", "_transport", "paused", "pauses", "_held", "_reading")
 
     def __init__(self, queue: asyncio.Queue[Any], transport: Any) -> None:
         self._queue = queue
@@ -201,6 +205,8 @@ class Backlog:
     everything after it catches up, and one that is gone is dropped by the
     keep-alive ping.
     """
+
+    __slots__ = ("_send_text", "_window", "_who", "_waiting", "_dropped", "_drainer", "_room")
 
     def __init__(self, send_text: Callable[[str], Awaitable[bool]], window: WriteWindow | None, who: str) -> None:
         self._send_text = send_text
