@@ -100,11 +100,19 @@ class SerialDispatchMixin:
                 stopped = True
                 raise
 
+        # The first reader to end, through one future: asyncio.wait() would hold a set, a waiter, a
+        # counter and a callback per reader for the whole connection (about 1 KB, by tracemalloc).
+        first: asyncio.Future[asyncio.Future[None]] = asyncio.get_running_loop().create_future()
+
+        def ended(reader: asyncio.Future[None]) -> None:
+            if not first.done():
+                first.set_result(reader)
+
         readers = [asyncio.ensure_future(read(source)) for source in sources]
+        for reader in readers:
+            reader.add_done_callback(ended)
         try:
-            done, _ = await asyncio.wait(readers, return_when=asyncio.FIRST_COMPLETED)
-            for reader in done:
-                reader.result()
+            (await first).result()
         finally:
             for reader in readers:
                 reader.cancel()
