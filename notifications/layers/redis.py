@@ -435,7 +435,7 @@ class _Shard(RedisSingleShardConnection):
         self.host = _fast_failing(host, self._on_connect, client_name(channel_layer.prefix, channel_layer.process_id))
         self._outbox: deque[tuple[Command, asyncio.Future[Any]]] = deque()
         self._publisher: asyncio.Future[None] | None = None
-        # The connection the outbox is pipelined on: taken from the pool once and held (see _publish_waiting).
+        # The connection the outbox is pipelined on: made once with the pool's options, and held (see _held_link).
         self._link: Any = None
         # Per channel, one future per SUBSCRIBE sent and not confirmed yet, in the order sent.
         self._confirming: dict[str, deque[asyncio.Future[None]]] = {}
@@ -554,9 +554,9 @@ class _Shard(RedisSingleShardConnection):
 
         redis-py's ``Pipeline`` takes a pooled connection, checks it and gives it
         back for every batch, and packs commands in Python; at one batch per
-        notification that was most of the layer's cost. Here one connection of the
-        pool is held for the outbox, the commands are packed by hiredis, and the
-        replies are read in order from the same connection.
+        notification that was most of the layer's cost. Here one connection, made
+        with the pool's options, is held for the outbox, the commands are packed by
+        hiredis, and the replies are read in order from the same connection.
         """
         while self._outbox:
             batch = list(self._outbox)
@@ -579,8 +579,9 @@ class _Shard(RedisSingleShardConnection):
                             if not done.done():
                                 done.set_result(result)
             except Exception as exc:
-                # redis-py disconnected the link on any other error (the next batch connects it again).
-                # A refused or broken connection, or no reply in time, not a slow script's error reply.
+                # redis-py disconnected the link on any error but a reply's own (the next batch connects it
+                # again). A refused or broken connection, or no reply within COMMAND_TIMEOUT (TimeoutError is
+                # an OSError), marks the shard down until a probe answers; an error reply does not.
                 if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
                     self._mark_down(exc)
                 for _, done in batch:
