@@ -68,6 +68,24 @@ async def test_redis_py_hands_a_published_message_over_as_the_layer_reads_it(red
         await client.aclose()
 
 
+async def test_a_slow_reply_fails_its_commands_but_does_not_take_redis_for_down(
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import notifications.layers.redis as redis_layer
+
+    monkeypatch.setattr(redis_layer, "COMMAND_TIMEOUT", 0.2)
+    layer = RedisPubSubLayer(hosts=[redis_url], prefix=redis_prefix)
+    try:
+        shard = layer._get_layer()._shards[0]
+        # BLPOP on an empty list answers after its own timeout (1 s): a slow reply, Redis itself is fine.
+        with pytest.raises(TimeoutError):
+            await shard._queue((b"BLPOP", f"{redis_prefix}empty", 1))
+        assert shard.down is None
+        await asyncio.wait_for(shard.ping(), 5)  # on a new connection: the old one still waits for the BLPOP
+    finally:
+        await layer.flush()
+
+
 # In-memory layer
 
 

@@ -17,6 +17,7 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
+from django.db import connections
 from django.test import AsyncClient
 
 from harness.clients import AdminSession, open_client, receive, register_confirmed
@@ -90,6 +91,15 @@ async def redis_layer(settings: Any, redis_url: str, redis_prefix: str) -> Async
     await get_channel_layer().flush()
 
 
+def send_from_sync_code(recipient: str, message: Any) -> SendResult:
+    """``send()`` as sync code (a Celery task, the shell) calls it, in a worker thread that then closes
+    its database connections (one left open keeps PostgreSQL from dropping the test database)."""
+    try:
+        return send(recipient, message)
+    finally:
+        connections.close_all()
+
+
 async def log_in_as_editor(session: AdminSession) -> None:
     """Log in through the site's login form as a user who is not staff."""
     await sync_to_async(User.objects.create_user)("editor", password="editor-password")
@@ -154,7 +164,7 @@ async def test_code_in_another_process_reaches_clients_through_redis(
     )
     assert await receive(ws) == '{"status": 200}'
     # Sync code (a Celery task, the shell) in a thread of its own.
-    second = await asyncio.to_thread(send, "worker-result", "from sync code")
+    second = await asyncio.to_thread(send_from_sync_code, "worker-result", "from sync code")
     assert (second.live_connections, second.outcome) == (1, "live")
     assert first.position is not None and second.position is not None and first.position != second.position
     assert await receive(ws) == "from sync code"
@@ -177,7 +187,7 @@ async def test_code_outside_the_server_on_the_embedded_default_goes_through_the_
     await register_confirmed(ws, "shell-user")
     await registry_counts("shell-user", 1)
 
-    sent = await asyncio.to_thread(send, "shell-user", {"done": True})
+    sent = await asyncio.to_thread(send_from_sync_code, "shell-user", {"done": True})
     # The server's "sent" reply tells the outcome; the position stays the server's.
     assert (sent.live_connections, sent.outcome, sent.position) == (1, "live", None)
     assert await receive(ws) == '{"done": true}'

@@ -580,9 +580,11 @@ class _Shard(RedisSingleShardConnection):
                                 done.set_result(result)
             except Exception as exc:
                 # redis-py disconnected the link on any error but a reply's own (the next batch connects it
-                # again). A refused or broken connection, or no reply within COMMAND_TIMEOUT (TimeoutError is
-                # an OSError), marks the shard down until a probe answers; an error reply does not.
-                if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
+                # again). A refused or broken connection marks the shard down until a probe answers; a slow
+                # reply (no answer within COMMAND_TIMEOUT: a long script, a fork stall) fails its batch only.
+                if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError) and not isinstance(
+                    exc, TimeoutError
+                ):
                     self._mark_down(exc)
                 for _, done in batch:
                     if not done.done():
