@@ -68,14 +68,8 @@ class ChannelQueue:
         self._room: asyncio.Future[None] | None = None
         self.stuck = False
 
-    def qsize(self) -> int:
-        return len(self._items)
-
     def empty(self) -> bool:
         return not self._items
-
-    def full(self) -> bool:
-        return 0 < self.maxsize <= len(self._items)
 
     def crowded(self) -> bool:
         return len(self._items) >= self._high and not self.stuck
