@@ -7,6 +7,12 @@ Measured with ``python -m bench``, this loop costs the server about 15% less
 CPU per relayed message at saturation. A Channels upgrade should re-check it
 against ``channels.consumer.AsyncConsumer`` and ``channels.utils.await_many_dispatch``.
 
+On the app's own layers (:class:`notifications.layers.Inbox`) and a server
+whose ``receive`` is an ``asyncio.Queue``'s ``get`` (daphne, Channels' test
+communicator), the consumer's own task takes from both queues as they fill:
+no task, lock or waiter per source, so less CPU per message and less memory
+per connection. Under anything else, one task reads each source.
+
 It also stops reading a client's socket while too many of its frames wait
 (:class:`notifications.backpressure.ReadWindow`).
 """
@@ -24,6 +30,7 @@ from channels.exceptions import StopConsumer
 from channels.layers import get_channel_layer
 
 from notifications import backpressure
+from notifications.layers import Inbox
 
 # Where a consumer's messages come from: the client (ASGI receive) or the channel layer.
 Source = Callable[[], Awaitable[dict[str, Any]]]
@@ -42,27 +49,28 @@ class SerialDispatchMixin:
     channel_layer_alias: str
     channel_layer: Any
     channel_name: str
-    channel_receive: Source
     scope: dict[str, Any]
     base_send: Sink
     read_window: backpressure.ReadWindow | None  # None under a server other than daphne
 
     async def __call__(self, scope: dict[str, Any], receive: Source, send: Sink) -> None:
         self.scope = scope
-        self.channel_layer = get_channel_layer(self.channel_layer_alias)
-        sources: list[Source] = [receive]
-        if self.channel_layer is not None:
-            self.channel_name = await self.channel_layer.new_channel()
-            self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
-            sources.append(self.channel_receive)
+        self.channel_layer = layer = get_channel_layer(self.channel_layer_alias)
+        if layer is not None:
+            self.channel_name = await layer.new_channel()
         self.base_send = send
         self.left_over: list[dict[str, Any]] = []
         window = self.read_window = backpressure.read_window(receive, send)
-        if window is not None:
-            sources[0] = functools.partial(_taken, receive, window)
+        client = getattr(receive, "__self__", None)
         with contextlib.suppress(StopConsumer):
             try:
-                await self._dispatch_from(sources)
+                if isinstance(client, asyncio.Queue) and isinstance(layer, Inbox):
+                    await self._dispatch_both(client, layer, window)
+                else:
+                    sources: list[Source] = [receive if window is None else functools.partial(_taken, receive, window)]
+                    if layer is not None:
+                        sources.append(functools.partial(layer.receive, self.channel_name))
+                    await self._dispatch_from(sources)
             except asyncio.CancelledError:
                 # daphne kills an application that is still busy 10 s after its client left (or as the
                 # server stops): the frames it read from the client and never handled are counted.
@@ -72,8 +80,51 @@ class SerialDispatchMixin:
             finally:
                 if window is not None:
                     window.close()
+                if isinstance(layer, Inbox):
+                    self.left_over.extend(layer.drain(self.channel_name))
+                    layer.release(self.channel_name)
                 if self.left_over:
                     await self.undispatched(self.left_over)
+
+    async def _dispatch_both(
+        self, client: asyncio.Queue[dict[str, Any]], layer: Inbox, window: backpressure.ReadWindow | None
+    ) -> None:
+        """Dispatch from the client's queue and the layer's channel in turn, in this task, until a handler raises.
+
+        While both are empty the task waits on one future that either rings:
+        the layer as it queues a message for the channel, the client's queue
+        as the server puts a frame in it (its ``put_nowait`` is wrapped).
+        """
+        channel = self.channel_name
+        loop = asyncio.get_running_loop()
+        bell: asyncio.Future[None] | None = None
+        put = client.put_nowait
+
+        def put_and_ring(item: dict[str, Any]) -> None:
+            put(item)
+            if bell is not None and not bell.done():
+                bell.set_result(None)
+
+        client.put_nowait = put_and_ring  # type: ignore[method-assign]
+        client_first = True  # the two sources take turns, so that neither starves the other
+        while True:
+            message = None if client_first else layer.take(channel)
+            if message is not None:
+                client_first = True
+            elif not client.empty():
+                message = client.get_nowait()
+                if window is not None:
+                    window.took_one()
+                client_first = False
+            elif client_first:
+                message = layer.take(channel)
+            if message is None:
+                bell = loop.create_future()
+                layer.wake_on_message(channel, bell)
+                await bell
+                bell = None
+                continue
+            await self.dispatch(message)
 
     async def _dispatch_from(self, sources: list[Source]) -> None:
         """Dispatch what each source yields, one message at a time, until a handler raises.

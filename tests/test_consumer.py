@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from channels.layers import get_channel_layer
@@ -270,3 +272,27 @@ async def test_resumes_are_counted_by_whether_they_recovered_and_refused_extra_i
 
     assert (grew(metrics.RESUMES_NOT_RECOVERED), grew(metrics.RESUMES_RECOVERED)) == (1, 1)
     assert grew(metrics.IDS_LIMITED) == 1
+
+
+async def test_a_connection_is_one_task_however_many_sources_it_reads() -> None:
+    # The consumer waits on its client and its channel in its own task: no reader task per source.
+    before = len(asyncio.all_tasks())
+    connections = [await connect_registered(f"one-task-{n}") for n in range(5)]
+    try:
+        assert len(asyncio.all_tasks()) - before == len(connections)  # each communicator's application task
+        async with connected() as sender:
+            await send(sender, "one-task-3", "still relayed")
+            assert await connections[3].receive_from() == "still relayed"
+    finally:
+        for connection in connections:
+            await connection.disconnect()
+
+
+async def test_on_channels_own_layer_each_source_has_its_reader_and_relaying_works(settings: Any) -> None:
+    # A layer that is not the app's (the system check warns about it): the consumer reads it through receive().
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    async with connected("on-channels-layer") as recipient, connected() as sender:
+        await send(sender, "on-channels-layer", "relayed")
+        assert await recipient.receive_from() == "relayed"
+        await send(sender, "on-channels-layer", "and again")
+        assert await recipient.receive_from() == "and again"

@@ -68,6 +68,33 @@ async def test_redis_py_hands_a_published_message_over_as_the_layer_reads_it(red
         await client.aclose()
 
 
+async def test_replies_are_taken_from_redis_pys_hiredis_parser_one_by_one_errors_included(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """The Redis layer reads replies from redis-py's hiredis parser itself (``_next_reply``), not through
+    ``read_response``: a redis-py upgrade that changes that parser fails here."""
+    import hiredis
+
+    from notifications.layers.redis import _fast_reading, _next_reply
+
+    client = aioredis.Redis.from_url(redis_url)
+    connection = client.connection_pool.make_connection()
+    key = f"{redis_prefix}count"
+    try:
+        await connection.connect()
+        assert _fast_reading(connection)
+        commands = [(b"INCR", key), (b"EVALSHA", b"0" * 40, b"0"), (b"GET", key)]  # three replies in one read
+        await connection.send_packed_command(b"".join(hiredis.pack_command(c) for c in commands))
+        assert await asyncio.wait_for(_next_reply(connection), 5) == 1
+        assert isinstance(await asyncio.wait_for(_next_reply(connection), 5), redis.exceptions.NoScriptError)
+        assert await asyncio.wait_for(_next_reply(connection), 5) == b"1"
+    finally:
+        await connection.disconnect()
+        await client.delete(key)
+        await client.aclose()
+    assert not _fast_reading(connection)  # disconnected: redis-py connects it again
+
+
 async def test_a_slow_reply_fails_its_commands_but_does_not_take_redis_for_down(
     redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

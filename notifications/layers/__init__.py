@@ -23,7 +23,7 @@ import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from notifications import metrics
 from notifications.protocol import describe
@@ -73,6 +73,10 @@ class ChannelQueue:
 
     def crowded(self) -> bool:
         return len(self._items) >= self._high and not self.stuck
+
+    def wake(self, reader: asyncio.Future[None]) -> None:
+        """Complete ``reader`` as the next item is queued (a consumer waiting on more than this queue)."""
+        self._reader = reader
 
     def put_nowait(self, item: Any) -> None:
         """Queue ``item``; ``asyncio.QueueFull`` when ``maxsize`` items wait already."""
@@ -260,6 +264,28 @@ class KeepingLayer(Protocol):
         Otherwise every kept one after ``start`` (the group's newest position read
         before joining; None: all kept) and every pending one, not ``recovered``.
         """
+
+
+@runtime_checkable
+class Inbox(Protocol):
+    """A layer whose consumer takes its channel's messages as they come, without awaiting ``receive()``.
+
+    :class:`notifications.dispatch.SerialDispatchMixin` waits on the client
+    and the channel in one task this way: ``take`` what is there, else have
+    the layer complete a future (``wake_on_message``) as something arrives.
+    """
+
+    def take(self, channel: str) -> dict[str, Any] | None:
+        """The channel's next message (a gap event first, if it has one), or None if none waits."""
+
+    def wake_on_message(self, channel: str, bell: asyncio.Future[None]) -> None:
+        """Complete ``bell`` as the next message (or a gap) reaches ``channel``."""
+
+    def drain(self, channel: str) -> list[dict[str, Any]]:
+        """The events still queued for ``channel``, taken out (its consumer is leaving)."""
+
+    def release(self, channel: str) -> None:
+        """The channel's consumer ended: forget it (unsubscribe it, on Redis)."""
 
 
 class Gaps:

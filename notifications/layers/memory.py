@@ -99,6 +99,23 @@ class InMemoryLayer(InMemoryChannelLayer):
             if queue.empty() and self.channels.get(channel) is queue:
                 del self.channels[channel]
 
+    def take(self, channel: str) -> dict[str, Any] | None:
+        if self._gaps and (gap := self._gaps.take(channel)) is not None:
+            return gap
+        queue = self.channels.get(channel)
+        while queue is not None and not queue.empty():
+            message = queue.get_nowait()[1]
+            if message is not _GAP_MARK:
+                return message  # type: ignore[no-any-return]
+        return None
+
+    def wake_on_message(self, channel: str, bell: asyncio.Future[None]) -> None:
+        self._queue(channel).wake(bell)
+
+    def release(self, channel: str) -> None:
+        self._gaps.forget(channel)
+        self.channels.pop(channel, None)
+
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
         """Queue ``message`` for every member of ``group``; a full member is counted, not skipped silently."""
         assert isinstance(message, dict), "message is not a dict"

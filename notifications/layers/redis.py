@@ -66,6 +66,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import hiredis
 from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer, RedisSingleShardConnection
 from channels_redis.utils import _wrap_close, decode_hosts
+from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -569,9 +570,12 @@ class _Shard(RedisSingleShardConnection):
                     await link.send_packed_command(
                         b"".join([hiredis.pack_command(command) for command, _ in batch]), check_health=False
                     )
+                    fast = _fast_reading(link)
                     for _, done in batch:
                         try:
-                            result = await link.read_response()
+                            result = await (_next_reply(link) if fast else link.read_response())
+                            if isinstance(result, ResponseError):  # as hiredis parsed it
+                                raise result
                         except ResponseError as exc:  # this command's error: the connection reads on
                             if not done.done():
                                 done.set_exception(exc)
@@ -579,9 +583,13 @@ class _Shard(RedisSingleShardConnection):
                             if not done.done():
                                 done.set_result(result)
             except Exception as exc:
-                # redis-py disconnected the link on any error but a reply's own (the next batch connects it
-                # again). A refused or broken connection marks the shard down until a probe answers; a slow
-                # reply (no answer within COMMAND_TIMEOUT: a long script, a fork stall) fails its batch only.
+                # The link is dropped on any error but a reply's own (the next batch connects it again): a
+                # reply may be half read. A refused or broken connection marks the shard down until a probe
+                # answers; a slow reply (none within COMMAND_TIMEOUT: a long script, a fork stall) fails its
+                # batch only.
+                if self._link is not None:
+                    with contextlib.suppress(Exception):
+                        await self._link.disconnect(nowait=True)
                 if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError) and not isinstance(
                     exc, TimeoutError
                 ):
@@ -701,23 +709,32 @@ class _Shard(RedisSingleShardConnection):
         while True:
             try:
                 pubsub = self._pubsub
-                if pubsub is not None and pubsub.subscribed:
-                    # A published message is handled here as read; anything else (subscription
-                    # confirmations, pongs) goes through redis-py's bookkeeping first.
-                    reply = await pubsub.parse_response(block=True)
-                    if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
-                        self._received += 1
-                        self._published(reply[1].decode(), reply[2])
-                    elif reply:
-                        self._receive_message(await pubsub.handle_message(reply))
-                else:
+                if pubsub is None or not pubsub.subscribed:
                     await asyncio.sleep(0.1)
+                    continue
+                connection = pubsub.connection
+                if _fast_reading(connection):
+                    reply = await _next_reply(connection)
+                    if isinstance(reply, Exception):
+                        raise reply
+                else:  # (re)connects, and subscribes every channel again, after a failure
+                    reply = await pubsub.parse_response(block=True)
+                # A published message is handled here as read; anything else (subscription
+                # confirmations, pongs) goes through redis-py's bookkeeping first.
+                if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
+                    self._received += 1
+                    self._published(reply[1].decode(), reply[2])
+                elif reply:
+                    self._receive_message(await pubsub.handle_message(reply))
             except (asyncio.CancelledError, TimeoutError, GeneratorExit):
                 raise
             except Exception as exc:
                 # The SUBSCRIBEs still waiting were sent on the connection that broke; redis-py
                 # subscribes to every channel again on the next one, with one reply each.
                 self._lost.update(self._confirming)
+                if self._pubsub is not None and self._pubsub.connection is not None:
+                    with contextlib.suppress(Exception):  # made again by the next read (parse_response)
+                        await self._pubsub.connection.disconnect()
                 metrics.counters[metrics.LAYER_READ_ERRORS] += 1
                 logger.warning("Reading from Redis failed, retrying in 1 s: %s: %s", type(exc).__name__, exc)
                 await asyncio.sleep(1)
@@ -860,6 +877,30 @@ class _Shard(RedisSingleShardConnection):
 
 
 async def _as_received(reply: Any) -> Any:
+    return reply
+
+
+def _fast_reading(connection: Any) -> bool:
+    """Whether ``connection``'s replies can be read through :func:`_next_reply`: connected, parsed by hiredis."""
+    return isinstance(getattr(connection, "_parser", None), _AsyncHiredisParser) and connection.is_connected
+
+
+async def _next_reply(connection: Any) -> Any:
+    """The next reply on a connected redis-py connection whose parser is hiredis's; an error reply is returned.
+
+    redis-py 8 reads each reply through a retry wrapper, a timing record and
+    five coroutine frames. At one reply per notification on each of the
+    layer's two connections (the script's reply, the published copy), that
+    was most of its reading cost. Here hiredis hands over what one socket
+    read brought, reply after reply, and redis-py's parser reads the socket
+    again only when no complete reply is left. A failed read raises; the
+    caller drops the connection, and redis-py makes it again.
+    """
+    parser = connection._parser
+    reply = parser._reader.gets()
+    while reply is NOT_ENOUGH_DATA:
+        await parser.read_from_socket()
+        reply = parser._reader.gets()
     return reply
 
 
@@ -1093,11 +1134,37 @@ class _LoopLayer(RedisPubSubLoopLayer):
             # what printed CancelledError tracebacks).
             self._gaps.forget(channel)
             if self.channels.pop(channel, None) is not None:
-                cleanup = asyncio.ensure_future(self._unsubscribe(channel))
-                self._cleanups.add(cleanup)
-                cleanup.add_done_callback(self._cleanups.discard)
+                self._in_background(self._unsubscribe(channel))
             raise
         return self.decode(message)
+
+    def take(self, channel: str) -> dict[str, Any] | None:
+        if self._gaps and (gap := self._gaps.take(channel)) is not None:
+            return gap
+        queue = self.channels.get(channel)
+        while queue is not None and not queue.empty():
+            data = queue.get_nowait()
+            if data != GAP_MARK:
+                return self.decode(data)
+        return None
+
+    def wake_on_message(self, channel: str, bell: asyncio.Future[None]) -> None:
+        queue = self.channels.get(channel)
+        if queue is None:  # the layer was flushed under a live consumer: its channel is subscribed again
+            queue = self.channels[channel] = ChannelQueue(self.capacity)
+            self._subscribe_later(channel)
+        queue.wake(bell)
+
+    def release(self, channel: str) -> None:
+        self._gaps.forget(channel)
+        if self.channels.pop(channel, None) is not None:
+            self._in_background(self._unsubscribe(channel))
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in a task of its own, which the consumer that asked for it cannot cancel half-way."""
+        task = asyncio.ensure_future(work)
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
 
     def decode(self, data: bytes) -> dict[str, Any]:
         """The event in a published message; a kept notification's carries its position."""
@@ -1276,6 +1343,15 @@ class RedisPubSubLayer(RedisPubSubChannelLayer):
 
     def drain(self, channel: str) -> list[dict[str, Any]]:
         return self._get_layer().drain(channel)
+
+    def take(self, channel: str) -> dict[str, Any] | None:
+        return self._get_layer().take(channel)
+
+    def wake_on_message(self, channel: str, bell: asyncio.Future[None]) -> None:
+        self._get_layer().wake_on_message(channel, bell)
+
+    def release(self, channel: str) -> None:
+        self._get_layer().release(channel)
 
     def room(self, group: str) -> Coroutine[Any, Any, None]:
         return self._get_layer().room(group)
