@@ -709,32 +709,25 @@ class _Shard(RedisSingleShardConnection):
         while True:
             try:
                 pubsub = self._pubsub
-                if pubsub is None or not pubsub.subscribed:
-                    await asyncio.sleep(0.1)
-                    continue
-                connection = pubsub.connection
-                if _fast_reading(connection):
-                    reply = await _next_reply(connection)
-                    if isinstance(reply, Exception):
-                        raise reply
-                else:  # (re)connects, and subscribes every channel again, after a failure
+                if pubsub is not None and pubsub.subscribed:
+                    # A published message is handled here as read; anything else (subscription
+                    # confirmations, pongs) goes through redis-py's bookkeeping first. redis-py's
+                    # parse_response, not _next_reply: on a broken connection it connects again and
+                    # subscribes every channel again at once, which the catching up relies on.
                     reply = await pubsub.parse_response(block=True)
-                # A published message is handled here as read; anything else (subscription
-                # confirmations, pongs) goes through redis-py's bookkeeping first.
-                if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
-                    self._received += 1
-                    self._published(reply[1].decode(), reply[2])
-                elif reply:
-                    self._receive_message(await pubsub.handle_message(reply))
+                    if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
+                        self._received += 1
+                        self._published(reply[1].decode(), reply[2])
+                    elif reply:
+                        self._receive_message(await pubsub.handle_message(reply))
+                else:
+                    await asyncio.sleep(0.1)
             except (asyncio.CancelledError, TimeoutError, GeneratorExit):
                 raise
             except Exception as exc:
                 # The SUBSCRIBEs still waiting were sent on the connection that broke; redis-py
                 # subscribes to every channel again on the next one, with one reply each.
                 self._lost.update(self._confirming)
-                if self._pubsub is not None and self._pubsub.connection is not None:
-                    with contextlib.suppress(Exception):  # made again by the next read (parse_response)
-                        await self._pubsub.connection.disconnect()
                 metrics.counters[metrics.LAYER_READ_ERRORS] += 1
                 logger.warning("Reading from Redis failed, retrying in 1 s: %s: %s", type(exc).__name__, exc)
                 await asyncio.sleep(1)
@@ -888,13 +881,13 @@ def _fast_reading(connection: Any) -> bool:
 async def _next_reply(connection: Any) -> Any:
     """The next reply on a connected redis-py connection whose parser is hiredis's; an error reply is returned.
 
-    redis-py 8 reads each reply through a retry wrapper, a timing record and
-    five coroutine frames. At one reply per notification on each of the
-    layer's two connections (the script's reply, the published copy), that
-    was most of its reading cost. Here hiredis hands over what one socket
-    read brought, reply after reply, and redis-py's parser reads the socket
-    again only when no complete reply is left. A failed read raises; the
-    caller drops the connection, and redis-py makes it again.
+    For the held command connection (:meth:`_Shard._publish_waiting`), which
+    only its batch reads: redis-py 8 reads each reply through a timing record,
+    error wrapping and four coroutine frames, at one reply per notification.
+    Here hiredis hands over what one socket read brought, reply after reply,
+    and redis-py's parser reads the socket again only when no complete reply
+    is left. A failed read raises; the caller drops the connection, and the
+    next batch connects it again.
     """
     parser = connection._parser
     reply = parser._reader.gets()
