@@ -709,19 +709,31 @@ class _Shard(RedisSingleShardConnection):
         while True:
             try:
                 pubsub = self._pubsub
-                if pubsub is not None and pubsub.subscribed:
-                    # A published message is handled here as read; anything else (subscription
-                    # confirmations, pongs) goes through redis-py's bookkeeping first. redis-py's
-                    # parse_response, not _next_reply: on a broken connection it connects again and
-                    # subscribes every channel again at once, which the catching up relies on.
-                    reply = await pubsub.parse_response(block=True)
-                    if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
-                        self._received += 1
-                        self._published(reply[1].decode(), reply[2])
-                    elif reply:
-                        self._receive_message(await pubsub.handle_message(reply))
-                else:
+                if pubsub is None or not pubsub.subscribed:
                     await asyncio.sleep(0.1)
+                    continue
+                connection = pubsub.connection
+                if _fast_reading(connection):
+                    try:
+                        reply = await _next_reply(connection)
+                    except (RedisConnectionError, OSError):
+                        # As redis-py's own read does: connected again at once, which subscribes every
+                        # channel again; then the failure is told. (Subscribed only after the pause
+                        # below, the catching up raced what was sent the moment the subscription was back.)
+                        await connection.disconnect()
+                        await connection.connect()
+                        raise
+                    if isinstance(reply, Exception):
+                        raise reply
+                else:  # not connected (the reconnection above failed): redis-py connects and subscribes again
+                    reply = await pubsub.parse_response(block=True)
+                # A published message is handled here as read; anything else (subscription
+                # confirmations, pongs) goes through redis-py's bookkeeping first.
+                if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
+                    self._received += 1
+                    self._published(reply[1].decode(), reply[2])
+                elif reply:
+                    self._receive_message(await pubsub.handle_message(reply))
             except (asyncio.CancelledError, TimeoutError, GeneratorExit):
                 raise
             except Exception as exc:
@@ -881,13 +893,14 @@ def _fast_reading(connection: Any) -> bool:
 async def _next_reply(connection: Any) -> Any:
     """The next reply on a connected redis-py connection whose parser is hiredis's; an error reply is returned.
 
-    For the held command connection (:meth:`_Shard._publish_waiting`), which
-    only its batch reads: redis-py 8 reads each reply through a timing record,
-    error wrapping and four coroutine frames, at one reply per notification.
-    Here hiredis hands over what one socket read brought, reply after reply,
-    and redis-py's parser reads the socket again only when no complete reply
-    is left. A failed read raises; the caller drops the connection, and the
-    next batch connects it again.
+    redis-py 8 reads each reply through a retry wrapper, a timing record,
+    error wrapping and five coroutine frames. At one reply per notification on
+    each of the layer's two connections (the script's reply on the held command
+    connection, the published copy on the pub/sub one), that was most of its
+    reading cost. Here hiredis hands over what one socket read brought, reply
+    after reply, and redis-py's parser reads the socket again only when no
+    complete reply is left. A failed read raises; the caller connects again.
+    Each connection has one reader: its batch, or the pub/sub reading task.
     """
     parser = connection._parser
     reply = parser._reader.gets()
