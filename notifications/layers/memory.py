@@ -102,6 +102,10 @@ class InMemoryLayer(InMemoryChannelLayer):
     def take(self, channel: str) -> dict[str, Any] | None:
         if self._gaps and (gap := self._gaps.take(channel)) is not None:
             return gap
+        return self._next_queued(channel)
+
+    def _next_queued(self, channel: str) -> dict[str, Any] | None:
+        """The oldest message queued for ``channel`` (gap marks skipped), taken out; None if none waits."""
         queue = self.channels.get(channel)
         while queue is not None and not queue.empty():
             message = queue.get_nowait()[1]
@@ -160,12 +164,9 @@ class InMemoryLayer(InMemoryChannelLayer):
         return Kept(live=False, pending=False, position=entry.position)
 
     def drain(self, channel: str) -> list[dict[str, Any]]:
-        queue = self.channels.get(channel)
         left: list[dict[str, Any]] = []
-        while queue is not None and not queue.empty():
-            message = queue.get_nowait()[1]
-            if message is not _GAP_MARK:
-                left.append(message)
+        while (message := self._next_queued(channel)) is not None:
+            left.append(message)
         return left
 
     async def keep_pending(self, group: str, message: dict[str, Any]) -> bool:

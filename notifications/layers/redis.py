@@ -1147,6 +1147,10 @@ class _LoopLayer(RedisPubSubLoopLayer):
     def take(self, channel: str) -> dict[str, Any] | None:
         if self._gaps and (gap := self._gaps.take(channel)) is not None:
             return gap
+        return self._next_queued(channel)
+
+    def _next_queued(self, channel: str) -> dict[str, Any] | None:
+        """The oldest event queued for ``channel`` (gap marks skipped), taken out; None if none waits."""
         queue = self.channels.get(channel)
         while queue is not None and not queue.empty():
             data = queue.get_nowait()
@@ -1232,12 +1236,9 @@ class _LoopLayer(RedisPubSubLoopLayer):
         return sorted(pairs, key=lambda pair: _stream_order(pair[0]))
 
     def drain(self, channel: str) -> list[dict[str, Any]]:
-        queue = self.channels.get(channel)
         left: list[dict[str, Any]] = []
-        while queue is not None and not queue.empty():
-            data = queue.get_nowait()
-            if data != GAP_MARK:
-                left.append(self.decode(data))
+        while (event := self._next_queued(channel)) is not None:
+            left.append(event)
         return left
 
     async def keep_pending(self, group: str, message: dict[str, Any]) -> bool:
