@@ -8,8 +8,9 @@ over ``NOTIFICATIONS_DRAIN_SECONDS``. daphne's own shutdown step
 drain hooks in: the subclass runs the drain first and daphne's step after it.
 
 Importing this module imports ``daphne.server``, which installs Twisted's
-asyncio reactor on a loop of its own: choose the event loop policy (uvloop)
-before, as :func:`main` does.
+asyncio reactor on a loop of its own unless one is installed: choose the event
+loop policy (uvloop) and install the app's reactor (:mod:`notifications.reactor`)
+before, as ``notifyproject.server`` does.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class DrainingCommandLine(CommandLineInterface):
 
 
 def main() -> None:
-    """daphne's command line with the drain (``notifyproject.server`` chooses uvloop, then calls this)."""
+    """daphne's command line with the drain (``notifyproject.server`` chooses the loop and reactor, then calls this)."""
     DrainingCommandLine.entrypoint()
 
 

@@ -2,10 +2,12 @@
 
 ``bin/daphne`` starts every daphne this way: daphne's command line with the
 app's graceful drain on SIGTERM (:mod:`notifications.launch`). daphne runs Twisted on an
-asyncio loop that it creates when its server module is imported, so the loop
-policy must be set before daphne is imported. uvloop's loop makes the relay
-measurably cheaper (README, Benchmark); where uvloop is not installed
-(it does not support Windows), daphne runs on asyncio's own loop.
+asyncio reactor that it installs when its server module is imported, unless
+one is installed already: so the loop policy is set first, then the app's
+reactor (:mod:`notifications.reactor`, which writes to sockets at once) is
+installed on a loop of that policy, and only then is daphne imported. uvloop's
+loop makes the relay measurably cheaper (README, Benchmark); where uvloop is
+not installed (it does not support Windows), daphne runs on asyncio's own loop.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ def main() -> None:
         pass
     else:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    from notifications import reactor
+
+    reactor.install()
     from notifications.launch import main as daphne
 
     daphne()
