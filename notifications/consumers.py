@@ -80,6 +80,8 @@ class Registration:
     # once a newer live one arrives. (v2 skips anything not after ``cursor``.)
     replayed: set[str] | None = None
     replayed_last: str | None = None
+    # v1: the positions the last catch-up from the history replayed, all of them: (after, through].
+    caught_up: tuple[str, str] | None = None
 
     def admit(self, position: str) -> bool:
         """Whether a kept notification is new to this connection (not a copy of one it has); advances ``cursor``."""
@@ -89,6 +91,12 @@ class Registration:
                 return False
             self.cursor = position
             return True
+        if self.caught_up is not None:
+            after, through = self.caught_up
+            if is_after(position, after) and not is_after(position, through):
+                # Replayed by the catch-up: a later copy (the layer hands pending ones over after a
+                # gap, maybe after a newer live one) would reach the client twice and out of order.
+                return False
         if self.replayed is not None:
             if position in self.replayed:
                 return False
@@ -388,6 +396,10 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
             )
             replay = None
         if replay is not None and replay.recovered:
+            if not registration.v2 and registration.cursor is not None and replay.newest is not None:
+                # Everything after the cursor up to the newest is replayed now: copies of it that come later
+                # are skipped by position (v2 skips anything not after its cursor anyway).
+                registration.caught_up = (registration.cursor, replay.newest)
             metrics.counters[metrics.CAUGHT_UP] += len(replay.notifications)
             self.log.info(
                 "Client %s caught up %d notifications of %s after the channel layer's gap",

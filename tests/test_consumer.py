@@ -296,3 +296,33 @@ async def test_on_channels_own_layer_each_source_has_its_reader_and_relaying_wor
         assert await recipient.receive_from() == "relayed"
         await send(sender, "on-channels-layer", "and again")
         assert await recipient.receive_from() == "and again"
+
+
+async def test_a_v1_connection_that_caught_up_gets_no_late_copy_of_what_it_replayed(in_memory_layer: None) -> None:
+    # After a gap (the Redis layer's subscription was dropped and made again), the connection catches up
+    # from the history, and the layer also hands over the id's pending notifications, a moment later:
+    # maybe after a newer live one. The v1 client receives each notification once, in the order sent.
+    layer = get_channel_layer()
+    recipient = "caught-up-v1"
+    group = group_name(recipient)
+
+    def event(text: str) -> dict[str, str]:
+        return {"type": "notify.message", "text": text, "recipient": recipient}
+
+    async with connected(recipient) as client:
+        (channel,) = layer.groups[group]
+        await layer.group_discard(group, channel)  # the subscription is lost: what is sent now is pending
+        for text in ("missed 1", "missed 2"):
+            assert (await layer.send_kept(group, event(text))).pending
+        await layer.group_add(group, channel)  # subscribed again: the layer reports the gap
+        await layer.send(channel, {"type": "notify.gap", "groups": [group]})
+        assert [await client.receive_from(), await client.receive_from()] == ["missed 1", "missed 2"]
+        assert (await layer.send_kept(group, event("newer"))).live
+        assert await client.receive_from() == "newer"
+        handed_over = await layer.take_pending(group)  # what the layer's hand-over queues for its members
+        assert [kept.text for kept in handed_over] == ["missed 1", "missed 2"]
+        for kept in handed_over:
+            await layer.send(channel, {**event(kept.text), "position": kept.position})
+        await layer.send_kept(group, event("last"))
+        assert await client.receive_from() == "last"
+        assert await client.receive_nothing(0.1)
