@@ -10,7 +10,9 @@ instead sends, once the callbacks of the current turn have run, everything
 each connection was given meanwhile, in one ``send`` per connection (so
 frames written together still go out together, as under load). Whatever is
 not simple is left to Twisted: a partial send, a full socket, an error, TLS
-begun on the connection, a paused producer, a closing connection.
+begun on the connection, a paused producer, a closing connection. A
+connection's reads, too, run without Twisted's legacy logging context (the
+"system" prefix of ``twisted.python.log`` calls made while reading).
 
 :func:`install` installs it before daphne's server module is imported, which
 keeps an asyncio reactor it finds installed (``notifyproject.server`` does so).
@@ -32,6 +34,21 @@ class Reactor(AsyncioSelectorReactor):
         super().__init__(eventloop)
         self._unsent: dict[tcp.Connection, None] = {}  # connections given bytes this turn, in order
 
+    def addReader(self, reader: Any) -> None:  # noqa: N802  (Twisted's name)
+        # Twisted runs every read of every selectable inside its legacy logging context (the "system" prefix
+        # of twisted.python.log calls); a connection's reads skip it (_readOrWrite catches their errors).
+        readers: dict[Any, int] = self._readers  # (Twisted's annotation has the keys' type wrong)
+        if isinstance(reader, tcp.Connection) and reader not in readers:
+            fd = reader.fileno()
+            try:
+                self._asyncioEventloop.add_reader(fd, self._readOrWrite, reader, True)
+            except OSError:
+                pass  # Twisted's own registration knows what to do
+            else:
+                readers[reader] = fd
+                return
+        super().addReader(reader)  # type: ignore[no-untyped-call]
+
     def addWriter(self, writer: Any) -> None:  # noqa: N802  (Twisted's name)
         # Twisted's FileDescriptor.write() calls this after buffering the bytes.
         if writer in self._writers or not isinstance(writer, tcp.Connection) or not _simple(writer):
@@ -43,8 +60,9 @@ class Reactor(AsyncioSelectorReactor):
 
     def _send_unsent(self) -> None:
         connections, self._unsent = self._unsent, {}
+        writers: dict[Any, int] = self._writers
         for connection in connections:
-            if connection in self._writers or not connection.connected:  # type: ignore[comparison-overlap]
+            if connection in writers or not connection.connected:
                 continue  # handed to Twisted meanwhile, or gone
             # Not simple any more (a close asked for meanwhile, say): Twisted's doWrite does what is due.
             if not (_simple(connection) and _send_buffered(connection)):

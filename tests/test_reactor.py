@@ -158,6 +158,38 @@ print(json.dumps(result, sort_keys=True))
 """
 
 
+# The client sends "ping"; the server answers with what it read, and notes the legacy logging context
+# ("system") its dataReceived ran in.
+READS = """
+import json, socket
+from notifications import reactor as app_reactor
+reactor = app_reactor.install()
+from twisted.internet import protocol
+from twisted.python import context, log
+
+result = {}
+
+class Echo(protocol.Protocol):
+    def dataReceived(self, data):
+        result["system"] = context.get(log.ILogContext)["system"]
+        self.transport.write(data.upper())
+
+port = reactor.listenTCP(0, protocol.Factory.forProtocol(Echo), interface="127.0.0.1")
+client = socket.create_connection(("127.0.0.1", port.getHost().port))
+client.settimeout(30)
+client.sendall(b"ping")
+
+def answer():
+    result["answer"] = client.recv(4).decode()
+    reactor.callFromThread(reactor.stop)
+
+reactor.callInThread(answer)
+reactor.callLater(30, reactor.stop)
+reactor.run()
+print(json.dumps(result, sort_keys=True))
+"""
+
+
 def test_daphne_keeps_the_reactor_the_launcher_installed_before_it(run_python: Python) -> None:
     done = run_python("-c", DAPHNE_KEEPS_IT, env={})
     assert done.returncode == 0, done.stderr
@@ -193,3 +225,10 @@ def test_a_connection_closed_with_nothing_or_a_little_left_to_send_closes_after_
     done = run_python("-c", CLOSES, env={}, timeout=90)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"read": ["", "bye"], "lost": ["ConnectionDone", "ConnectionDone"]}
+
+
+def test_a_connection_reads_without_twisteds_legacy_logging_context(run_python: Python) -> None:
+    done = run_python("-c", READS, env={}, timeout=90)
+    assert done.returncode == 0, done.stderr
+    # Under Twisted's own reactor the read runs in the connection's context: "Echo,0,127.0.0.1".
+    assert json.loads(done.stdout) == {"answer": "PING", "system": "-"}
