@@ -4,10 +4,11 @@
 app's graceful drain on SIGTERM (:mod:`notifications.launch`). daphne runs Twisted on an
 asyncio reactor that it installs when its server module is imported, unless
 one is installed already: so the loop policy is set first, then the app's
-reactor (:mod:`notifications.reactor`, which writes to sockets at once) is
-installed on a loop of that policy, and only then is daphne imported. uvloop's
-loop makes the relay measurably cheaper (README, Benchmark); where uvloop is
-not installed (it does not support Windows), daphne runs on asyncio's own loop.
+reactor (:mod:`notifications.reactor`, which sends without watching each
+socket first) is installed on a loop of that policy, and only then is daphne
+imported. uvloop's loop and the app's reactor make the relay measurably
+cheaper (README, Benchmark); where uvloop is not installed (it does not
+support Windows), daphne runs on asyncio's own loop.
 """
 
 from __future__ import annotations
