@@ -256,12 +256,16 @@ async def test_a_websocket_opened_during_the_grace_wait_is_closed_with_4012_too(
     daphne_factory: Callable[..., Daphne],
 ) -> None:
     server = daphne_factory({"NOTIFY_DRAIN_SECONDS": str(DRAIN)})
-    # A client slow to answer its close frame keeps the drain in its grace wait (autobahn gives it 1 s).
+    # A client slow to answer its close frame keeps the drain in its grace wait (autobahn gives it up to 1 s).
     slow, slow_watch = await watched(server.url, f"slow-{uuid.uuid4().hex[:6]}")
     # A browser's keep-alive connection, accepted before the drain: its next request may be a WebSocket handshake.
     sock, status = await asyncio.to_thread(keep_alive_get, server.port, "/example/")
     assert status == "HTTP/1.1 200 OK", status
     slow.ws.transport.pause_reading()
+    # autobahn's 1 s for a close reply goes through txaio's batched timer, which rounds the deadline down
+    # to a whole second of the clock: it ends 0 to 1 s after the close frame. Signalled early in a second,
+    # the slow client holds the drain for most of a second, far longer than the late handshake takes.
+    await wait_until(lambda: time.time() % 1 < 0.3, seconds=2, interval=0.01)
     signalled = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
     # The spread of one socket and the sweep after it are done once the drain said how many it closes.
