@@ -22,7 +22,7 @@ print(daphne.server.reactor is installed, reactor is installed, type(installed).
 
 # A server protocol writes "hel" and "lo" as the client connects; once the client has read them, 8 MB
 # (more than a socket takes at once) and "tail", then it closes. The loop's add_writer is counted: the
-# socket is watched for writability only when there is more than the socket takes.
+# socket is watched for writability only when Twisted's own doWrite has work (the rest, the close).
 WRITES = """
 import json, socket, threading
 from notifications import reactor as app_reactor
@@ -205,7 +205,7 @@ def test_small_writes_go_out_without_watching_the_socket_and_a_large_one_still_a
         "first": "hello",
         # Twisted's own reactor watches the socket for every write, and sends on the loop's next turn.
         "watched_for_hello": False,
-        # 8 MB do not fit in a socket at once: the rest goes through Twisted's buffer, behind what was sent.
+        # 8 MB (more than a socket takes at once) and a close asked for: Twisted's own doWrite sends the rest.
         "watched_for_the_rest": True,
         "rest_length": 8 * 4096 * 256 + 4,
         "rest_intact": True,
