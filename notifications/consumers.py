@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +21,7 @@ from notifications.dispatch import SerialDispatchMixin
 from notifications.exceptions import DeliveryFailed, one_line
 from notifications.layers import (
     MAX_POSITION_LENGTH,
+    Kept,
     KeptNotification,
     Replay,
     is_after,
@@ -37,7 +41,7 @@ from notifications.protocol import (
 )
 from notifications.registry import registry
 from notifications.senders import websocket_sender_refusal
-from notifications.sending.delivery import EVENT_TYPE, deliver, drain, keep_pending, newest, resume
+from notifications.sending.delivery import EVENT_TYPE, deliver, deliver_soon, drain, keep_pending, newest, resume
 from notifications.tokens import check_registration_token
 
 logger = logging.getLogger(__name__)
@@ -47,6 +51,9 @@ logger = logging.getLogger(__name__)
 CLOSE_TRY_AGAIN_LATER = 4013
 # The server lost continuity for this connection (or is restarting): reconnect and resume.
 CLOSE_CONTINUITY_LOST = 4012
+# A v1 sender's notifications handed to the layer and not yet answered by it, at most, per connection:
+# beyond, the connection waits for the oldest (and its client's frames wait in the read window).
+IN_FLIGHT_LIMIT = 256
 
 
 class ConnectionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -128,6 +135,7 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
         self.closing = False  # a close was asked for: nothing more is sent
         self.send_refusal: tuple[str, str] | None = None  # why this connection may not send (WS_SENDERS)
         self.sends_refused = 0
+        self.in_flight: deque[asyncio.Future[Kept]] = deque()  # v1 relays the layer has not answered yet
         self.address: str | None = None  # the client's address, once admitted by the per-address limits
         self.frame_limit = limits.frame_limit()
         self.flooded = False  # closed with 4008 for flooding: its later frames are dropped unread
@@ -205,15 +213,12 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
             if self.send_refusal is not None:
                 await self._refuse_send(action)
                 return
-            try:
-                kept = await deliver(action.recipient, action.text)
-            except DeliveryFailed:
-                # Counted and logged by deliver(); the sender's connection stays open.
-                if action.v2:
-                    await self._sent(action.recipient, "refused", "unavailable")
+            if not action.v2 and (started := await deliver_soon(action.recipient, action.text)) is not None:
+                # A v1 sender gets no answer: its next frame is handled without waiting for Redis's, so
+                # that its notifications go out together (in order, counted as they are answered).
+                await self._in_flight(started)
+            elif not await self._relay(action):
                 return
-            if action.v2:
-                await self._sent(action.recipient, kept.outcome if kept is not None else None)
             if logger.isEnabledFor(logging.INFO):  # describe() costs, once per relayed message
                 self.log.info(
                     "Client %s relayed %d characters to %s", self.temp_id, len(action.text), describe(action.recipient)
@@ -222,6 +227,30 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
             await self._register(action)
         else:
             self._reject(action.reason)
+
+    async def _in_flight(self, started: asyncio.Future[Kept]) -> None:
+        """Note a v1 relay the layer has not answered yet; wait for the oldest while there are too many."""
+        waiting = self.in_flight
+        waiting.append(started)
+        while waiting and waiting[0].done():
+            waiting.popleft()
+        if len(waiting) > IN_FLIGHT_LIMIT:
+            # Shielded: cancelling this consumer must not cancel the notification (it went to the layer).
+            with contextlib.suppress(Exception):
+                await asyncio.shield(waiting.popleft())
+
+    async def _relay(self, action: Relay) -> bool:
+        """Deliver and wait for the layer's answer, which a v2 sender is told; whether it took the notification."""
+        try:
+            kept = await deliver(action.recipient, action.text)
+        except DeliveryFailed:
+            # Counted and logged by deliver(); the sender's connection stays open.
+            if action.v2:
+                await self._sent(action.recipient, "refused", "unavailable")
+            return False
+        if action.v2:
+            await self._sent(action.recipient, kept.outcome if kept is not None else None)
+        return True
 
     async def _register(self, action: Register) -> None:
         recipient = action.recipient

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,7 +13,10 @@ from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 
 from harness.clients import frame, is_probe
-from notifications import metrics
+from harness.servers import wait_until
+from notifications import consumers, metrics
+from notifications.layers import Kept
+from notifications.layers.memory import InMemoryLayer
 from notifications.protocol import group_name
 from tests.asgi import application
 from tests.communicators import connect, connect_registered, connected, register, send
@@ -326,3 +330,78 @@ async def test_a_v1_connection_that_caught_up_gets_no_late_copy_of_what_it_repla
         await layer.send_kept(group, event("last"))
         assert await client.receive_from() == "last"
         assert await client.receive_nothing(0.1)
+
+
+class AnswersLater(InMemoryLayer):
+    """Takes each notification at once and answers only when the test says so, as Redis does a moment later."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.taken: list[tuple[str, asyncio.Future[Kept]]] = []
+
+    def send_kept_soon(self, group: str, message: dict[str, Any]) -> asyncio.Future[Kept]:
+        answer: asyncio.Future[Kept] = asyncio.get_running_loop().create_future()
+        self.taken.append((message["text"], answer))
+        return answer
+
+
+@pytest.fixture
+def answers_later(in_memory_layer: None, settings: Any) -> None:
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": f"{__name__}.AnswersLater"}}
+
+
+@pytest.mark.usefixtures("answers_later")
+async def test_a_v1_senders_notifications_go_to_the_layer_without_waiting_and_are_counted_as_answered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    layer = get_channel_layer()
+    before = {name: metrics.counters[name] for name in (metrics.RELAYED, metrics.PENDING, metrics.LAYER_SEND_ERRORS)}
+    async with connected() as sender:
+        for recipient in ("live", "refused", "pending"):
+            await send(sender, recipient, f"for {recipient}")
+        await wait_until(lambda: len(layer.taken) == 3, seconds=5, interval=0.01)  # none answered yet
+        assert [text for text, _ in layer.taken] == ["for live", "for refused", "for pending"]
+        with caplog.at_level(logging.WARNING, logger="notifications"):
+            (_, live), (_, refused), (_, pending) = layer.taken
+            live.set_result(Kept(live=True, pending=False, position="1"))
+            refused.set_exception(ConnectionError("Redis went away"))
+            pending.set_result(Kept(live=False, pending=True, position="2"))
+            await asyncio.sleep(0)  # the answers' callbacks run
+        assert metrics.counters[metrics.RELAYED] - before[metrics.RELAYED] == 2
+        assert metrics.counters[metrics.PENDING] - before[metrics.PENDING] == 1
+        assert metrics.counters[metrics.LAYER_SEND_ERRORS] - before[metrics.LAYER_SEND_ERRORS] == 1
+        assert any("Undeliverable notification for 'refused'" in r.getMessage() for r in caplog.records)
+        assert await sender.receive_nothing(0.1)  # a v1 sender is told nothing, and stays connected
+        await send(sender, "after", "still relaying")
+        await wait_until(lambda: len(layer.taken) == 4, seconds=5, interval=0.01)
+
+
+@pytest.mark.usefixtures("answers_later")
+async def test_a_v1_sender_waits_once_too_many_of_its_notifications_are_unanswered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(consumers, "IN_FLIGHT_LIMIT", 2)
+    layer = get_channel_layer()
+    async with connected() as sender:
+        for i in range(5):
+            await send(sender, "slow-redis", f"n{i}")
+        await wait_until(lambda: len(layer.taken) == 3, seconds=5, interval=0.01)
+        assert await sender.receive_nothing(0.2)
+        assert len(layer.taken) == 3  # the third is over the limit: the sender waits for the oldest
+        layer.taken[0][1].set_result(Kept(live=True, pending=False, position="1"))
+        await wait_until(lambda: len(layer.taken) == 4, seconds=5, interval=0.01)
+        assert [text for text, _ in layer.taken] == ["n0", "n1", "n2", "n3"]
+        for _, answer in layer.taken:
+            if not answer.done():
+                answer.set_result(Kept(live=True, pending=False, position="2"))
+        await wait_until(lambda: len(layer.taken) == 5, seconds=5, interval=0.01)
+        layer.taken[4][1].set_result(Kept(live=True, pending=False, position="3"))
+
+
+async def test_a_v2_sender_is_answered_after_its_earlier_v1_notifications(in_memory_layer: None) -> None:
+    # v1 and v2 frames of one connection reach the layer, and so each id, in the order sent.
+    async with connected("mixed-order") as recipient, connected() as sender:
+        await send(sender, "mixed-order", "v1 first")
+        await sender.send_to(text_data=json.dumps({"recipient_uuid": "mixed-order", "message": "v2 next", "v": 2}))
+        await send(sender, "mixed-order", "v1 last")
+        assert [await recipient.receive_from() for _ in range(3)] == ["v1 first", "v2 next", "v1 last"]

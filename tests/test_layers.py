@@ -9,7 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from harness.servers import free_port, wait_until
+from harness.servers import RedisServer, free_port, wait_until
 from notifications import metrics
 from notifications.layers.memory import InMemoryLayer
 from notifications.layers.redis import RedisPubSubLayer
@@ -240,6 +240,60 @@ async def test_pubsub_publish_to_a_redis_that_is_down_raises() -> None:
             await layer.group_send("g", event("nowhere"))
     finally:
         await layer.flush()
+
+
+async def test_what_is_queued_behind_a_script_redis_had_lost_still_goes_out_after_it(own_redis: RedisServer) -> None:
+    # Sends queued while the batch before them waits for Redis's answer go out after it. Here every send of
+    # that first batch is refused (NOSCRIPT: Redis restarted, or its scripts were flushed) and must be sent
+    # again, as EVAL, ahead of what was queued meanwhile, or the id receives them out of order.
+    layer = RedisPubSubLayer(hosts=[own_redis.url], prefix="order")
+    admin = aioredis.Redis.from_url(own_redis.url)
+    try:
+        channel = await layer.new_channel()
+        await layer.group_add("g", channel)
+        assert (await layer.send_kept("g", event("0"))).live  # connected, and the script loaded
+        await admin.script_flush()
+        await admin.execute_command("CLIENT", "PAUSE", 500, "ALL")  # the first batch waits in Redis
+        shard = layer._get_layer()._shards[0]
+        first = [layer.send_kept_soon("g", event(str(i))) for i in range(1, 11)]
+        await wait_until(lambda: not shard._outbox, seconds=0.4, interval=0.01)  # sent, not answered
+        later = [asyncio.ensure_future(layer.group_send("g", event(str(i)))) for i in range(11, 16)]
+        kept = await asyncio.wait_for(asyncio.gather(*first), 10)
+        await asyncio.wait_for(asyncio.gather(*later), 10)
+        assert [k.live for k in kept] == [True] * 10
+        assert len({k.position for k in kept}) == 10
+        received = [(await asyncio.wait_for(layer.receive(channel), 5))["text"] for _ in range(16)]
+        assert received == [str(i) for i in range(16)]
+    finally:
+        await layer.flush()
+        await admin.aclose()
+
+
+async def test_while_redis_is_full_notifications_go_out_live_only_in_order(
+    own_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    layer = RedisPubSubLayer(hosts=[own_redis.url], prefix="full")
+    admin = aioredis.Redis.from_url(own_redis.url)
+    try:
+        channel = await layer.new_channel()
+        await layer.group_add("g", channel)
+        assert (await layer.send_kept("g", event("kept"))).position is not None
+        await admin.config_set("maxmemory", 1)  # full: Redis refuses every write (noeviction)
+        with caplog.at_level(logging.WARNING, logger="notifications"):
+            kept = await asyncio.wait_for(
+                asyncio.gather(*(layer.send_kept_soon("g", event(f"live {i}")) for i in range(5))), 10
+            )
+            nobody = await asyncio.wait_for(layer.send_kept("nobody", event("to nobody")), 10)
+        assert [(k.live, k.pending, k.position) for k in kept] == [(True, False, None)] * 5
+        assert (nobody.live, nobody.pending) == (False, False)  # neither delivered nor kept: the caller is told
+        refusals = [r.getMessage() for r in caplog.records if "Redis refuses to keep notifications" in r.getMessage()]
+        assert refusals and "used memory > 'maxmemory'" in refusals[0]
+        received = [(await asyncio.wait_for(layer.receive(channel), 5))["text"] for _ in range(6)]
+        assert received == ["kept"] + [f"live {i}" for i in range(5)]
+    finally:
+        await admin.config_set("maxmemory", 0)
+        await layer.flush()
+        await admin.aclose()
 
 
 # Kept notifications in the in-memory layer

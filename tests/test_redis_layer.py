@@ -124,3 +124,21 @@ async def test_a_frozen_process_purged_from_the_registry_no_longer_counts_as_a_l
         frozen.process.send_signal(signal.SIGCONT)
     for ws in (recipient, sender, again):
         await ws.close()
+
+
+async def test_a_v1_senders_burst_and_its_v2_frame_arrive_in_order_on_the_other_process(
+    redis_daphne_pair: tuple[Daphne, Daphne],
+) -> None:
+    # A v1 sender's frames go to Redis without waiting for its answers; a v2 frame after them waits for its
+    # own. The recipient still gets them all once, in the order sent.
+    a, b = redis_daphne_pair
+    recipient = await open_client(b.url)
+    await register_confirmed(recipient, "burst")
+    sender = await open_client(a.url)
+    for i in range(300):
+        await sender.send(frame("burst", f"n{i}"))
+    answer = await send_v2(sender, "burst", "n300")
+    assert answer["type"] == "sent" and answer["outcome"] == "live"
+    assert [await receive(recipient) for _ in range(301)] == [f"n{i}" for i in range(301)]
+    await assert_receives_nothing(recipient, 0.3)
+    await asyncio.gather(recipient.close(), sender.close())

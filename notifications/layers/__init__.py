@@ -237,6 +237,13 @@ class KeepingLayer(Protocol):
     async def send_kept(self, group: str, message: dict[str, Any]) -> Kept:
         """``group_send`` that keeps ``message`` in the group's history, and as pending if nobody took it."""
 
+    def send_kept_soon(self, group: str, message: dict[str, Any]) -> asyncio.Future[Kept]:
+        """:meth:`send_kept` without waiting for its answer: the future of it.
+
+        Messages handed over one after another reach each group in that order,
+        however long their answers take.
+        """
+
     async def take_pending(self, group: str, *, peek: bool = False) -> list[KeptNotification]:
         """The group's pending notifications, oldest first, once; call after ``group_add`` returned.
 

@@ -145,6 +145,18 @@ class InMemoryLayer(InMemoryChannelLayer):
 
     async def send_kept(self, group: str, message: dict[str, Any]) -> Kept:
         """:meth:`group_send`, keeping ``message["text"]`` in the group's history and as pending if nobody took it."""
+        return self._send_kept(group, message)
+
+    def send_kept_soon(self, group: str, message: dict[str, Any]) -> asyncio.Future[Kept]:
+        """:meth:`send_kept`, done at once: its outcome as a finished future."""
+        done: asyncio.Future[Kept] = asyncio.get_running_loop().create_future()
+        try:
+            done.set_result(self._send_kept(group, message))
+        except Exception as exc:
+            done.set_exception(exc)
+        return done
+
+    def _send_kept(self, group: str, message: dict[str, Any]) -> Kept:
         self.require_valid_group_name(group)
         if not conf.KEEPS:
             return Kept(live=self._queue_for_members(group, message), pending=False, position=None)

@@ -14,7 +14,11 @@ What the subclasses change, each measured with ``python -m bench``:
   connection held for them, packed by hiredis, without redis-py's
   ``Pipeline`` and its per-batch pool checkout (so redis-py 8's pool limit of
   100, which raises instead of waiting, cannot be reached however many
-  clients send at once).
+  clients send at once). Commands run in the order queued, whether or not
+  anyone waits for an answer before queueing the next: a script Redis no
+  longer has (NOSCRIPT, after a restart) goes again as EVAL ahead of what
+  was queued behind it, and a notification Redis is too full to keep
+  (OOM) goes out as a plain PUBLISH in its place.
 - Blocking reads instead of the library's 0.1 s polling per message.
 - Each connection's queue is bounded; a message that does not fit is counted.
 - A consumer that goes away no longer prints ``CancelledError`` tracebacks:
@@ -55,6 +59,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 from collections import deque
@@ -70,7 +75,7 @@ from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, OutOfMemoryError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from notifications import metrics
@@ -362,6 +367,11 @@ return 1
 
 # A command as Redis receives it: its name and arguments (str, bytes or int).
 Command = tuple[Any, ...]
+# A command in a shard's outbox: the command, the future of its reply, what turns the reply into the future's
+# result (or None), and what may answer an error reply with a command to send in its place (or None).
+Queued = tuple[
+    Command, "asyncio.Future[Any]", Callable[[Any], Any] | None, Callable[[ResponseError], Command | None] | None
+]
 
 
 def _stream_order(position: str) -> tuple[int, int]:
@@ -434,14 +444,13 @@ class _Shard(RedisSingleShardConnection):
         super().__init__(host, channel_layer)
         self.name = shard_name(host)
         self.host = _fast_failing(host, self._on_connect, client_name(channel_layer.prefix, channel_layer.process_id))
-        self._outbox: deque[tuple[Command, asyncio.Future[Any]]] = deque()
+        self._outbox: deque[Queued] = deque()
         self._publisher: asyncio.Future[None] | None = None
         # The connection the outbox is pipelined on: made once with the pool's options, and held (see _held_link).
         self._link: Any = None
         # Per channel, one future per SUBSCRIBE sent and not confirmed yet, in the order sent.
         self._confirming: dict[str, deque[asyncio.Future[None]]] = {}
         self._lost: set[str] = set()  # channels whose waiting SUBSCRIBEs went with a broken connection
-        self._scripts: dict[str, asyncio.Future[Any]] = {}  # Lua source -> its SCRIPT LOAD (the SHA1)
         self._repending: set[asyncio.Future[None]] = set()
         self._received = 0  # messages read from the pub/sub connection (the watchdog's sign of life)
         # Why this shard is taken for down (a connection failed), or None. Meanwhile commands fail at once,
@@ -513,39 +522,49 @@ class _Shard(RedisSingleShardConnection):
                 return
 
     async def run_script(self, source: str, keys: list[str], args: list[Any]) -> Any:
-        """A Lua script by EVALSHA, pipelined as publishes are; loaded once, and again after a Redis restart."""
-        self._refuse_while_down()
-        for attempt in (1, 2):
-            sha = await self._loaded(source)
-            try:
-                return await self._queue((b"EVALSHA", sha, len(keys), *keys, *args))
-            except NoScriptError:
-                if (loading := self._scripts.get(source)) is not None and loading.done():
-                    del self._scripts[source]  # Redis restarted, or its scripts were flushed: load once more
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        """A Lua script's reply (see :meth:`script_soon`)."""
+        return await self.script_soon(source, keys, args)
 
-    async def _loaded(self, source: str) -> str:
-        """The script's SHA1 once Redis has loaded it: one SCRIPT LOAD however many callers wait."""
-        loading = self._scripts.get(source)
-        if loading is not None and loading.done() and not loading.cancelled() and loading.exception() is None:
-            return str(loading.result())  # loaded: no shield (a future and a callback per send)
-        if loading is None:
-            self._ensure_redis()
-            loading = self._scripts[source] = asyncio.ensure_future(self._redis.script_load(source))
-        try:
-            return str(await asyncio.shield(loading))
-        except BaseException:
-            if loading.done() and self._scripts.get(source) is loading:
-                del self._scripts[source]  # a failed load is tried again by the next caller
-            raise
+    def script_soon(
+        self,
+        source: str,
+        keys: list[str],
+        args: list[Any],
+        *,
+        convert: Callable[[Any], Any] | None = None,
+        instead: Callable[[ResponseError], Command | None] | None = None,
+    ) -> asyncio.Future[Any]:
+        """A Lua script by EVALSHA, queued as publishes are; its reply (``convert``-ed) once answered.
 
-    def _queue(self, command: Command) -> asyncio.Future[Any]:
-        """``command``'s reply, once the batch it goes out with has been answered."""
+        Where Redis does not have the script (restarted, or its scripts
+        flushed), the publisher sends it again as EVAL, which loads it, ahead of
+        everything queued after it: scripts queued one after another run in
+        that order however many are refused. ``instead`` may name another
+        command for any other error reply (or None to fail with it).
+        """
+
+        def again(error: ResponseError) -> Command | None:
+            if isinstance(error, NoScriptError):
+                return (b"EVAL", source, len(keys), *keys, *args)
+            return None if instead is None else instead(error)
+
+        return self._queue((b"EVALSHA", _digest(source), len(keys), *keys, *args), convert=convert, again=again)
+
+    def _queue(
+        self,
+        command: Command,
+        *,
+        convert: Callable[[Any], Any] | None = None,
+        again: Callable[[ResponseError], Command | None] | None = None,
+    ) -> asyncio.Future[Any]:
+        """``command``'s reply, once the batch it goes out with has been answered.
+
+        ``convert`` turns the reply into the future's result; ``again`` may answer
+        an error reply with a command to send in its place, first in the next batch.
+        """
         self._refuse_while_down()
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._outbox.append((command, done))
+        self._outbox.append((command, done, convert, again))
         if self._publisher is None or self._publisher.done():
             self._publisher = asyncio.ensure_future(self._publish_waiting())
         return done
@@ -568,20 +587,26 @@ class _Shard(RedisSingleShardConnection):
                 async with asyncio.timeout(COMMAND_TIMEOUT):
                     link = await self._held_link()
                     await link.send_packed_command(
-                        b"".join([hiredis.pack_command(command) for command, _ in batch]), check_health=False
+                        b"".join([hiredis.pack_command(queued[0]) for queued in batch]), check_health=False
                     )
                     fast = _fast_reading(link)
-                    for _, done in batch:
+                    instead: list[Queued] = []
+                    for queued in batch:
+                        _, done, convert, again = queued
                         try:
                             result = await (_next_reply(link) if fast else link.read_response())
                             if isinstance(result, ResponseError):  # as hiredis parsed it
                                 raise result
                         except ResponseError as exc:  # this command's error: the connection reads on
-                            if not done.done():
+                            command = again(exc) if again is not None else None
+                            if command is not None:
+                                instead.append((command, done, convert, again))
+                            elif not done.done():
                                 done.set_exception(exc)
                         else:
-                            if not done.done():
-                                done.set_result(result)
+                            _answer(done, result, convert)
+                    # Ahead of what was queued meanwhile, in their order: the order commands were queued in.
+                    self._outbox.extendleft(reversed(instead))
             except Exception as exc:
                 # The link is dropped on any error but a reply's own (the next batch connects it again): a
                 # reply may be half read. A refused or broken connection marks the shard down until a probe
@@ -594,9 +619,9 @@ class _Shard(RedisSingleShardConnection):
                     exc, TimeoutError
                 ):
                     self._mark_down(exc)
-                for _, done in batch:
-                    if not done.done():
-                        done.set_exception(exc)
+                for queued in batch:
+                    if not queued[1].done():
+                        queued[1].set_exception(exc)
 
     async def _held_link(self) -> Any:
         """The outbox's connection: the pool's kind and options, but no ``socket_timeout``.
@@ -869,7 +894,7 @@ class _Shard(RedisSingleShardConnection):
             with contextlib.suppress(Exception):
                 await link.disconnect()
         while self._outbox:  # nobody may wait forever for a publish that will not happen
-            _, done = self._outbox.popleft()
+            done = self._outbox.popleft()[1]
             if not done.done():
                 done.set_exception(RuntimeError("the channel layer was flushed before this message was published"))
         for waiting in self._confirming.values():
@@ -883,6 +908,51 @@ class _Shard(RedisSingleShardConnection):
 
 async def _as_received(reply: Any) -> Any:
     return reply
+
+
+def _kept(reply: Any) -> Kept:
+    """SEND_KEPT's reply, with pending off (or its PUBLISH, sent instead while Redis is full)."""
+    if isinstance(reply, int):
+        return _published_live(reply)
+    return Kept(live=reply[0] > 0, pending=False, position=reply[1].decode())
+
+
+def _kept_pending(reply: Any) -> Kept:
+    """SEND_KEPT's reply, with pending on (or its PUBLISH, sent instead while Redis is full)."""
+    if isinstance(reply, int):
+        return _published_live(reply)
+    live = reply[0] > 0
+    return Kept(live=live, pending=not live, position=reply[1].decode())
+
+
+def _published_live(received: int) -> Kept:
+    return Kept(live=received > 0, pending=False, position=None)
+
+
+def _live_only(group_channel: str, payload: bytes, error: ResponseError) -> Command | None:
+    """In place of a notification Redis refused to keep because it is full (maxmemory): a PUBLISH, live only."""
+    if not isinstance(error, OutOfMemoryError):
+        return None
+    logger.warning("Redis refuses to keep notifications (%s); delivering live only", error)
+    return (b"PUBLISH", group_channel, payload)
+
+
+@functools.cache
+def _digest(source: str) -> str:
+    """A Lua script's SHA1, the name EVALSHA runs it by."""
+    return hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+
+def _answer(done: asyncio.Future[Any], result: Any, convert: Callable[[Any], Any] | None) -> None:
+    if done.done():
+        return
+    if convert is None:
+        done.set_result(result)
+        return
+    try:
+        done.set_result(convert(result))
+    except Exception as exc:
+        done.set_exception(exc)
 
 
 def _fast_reading(connection: Any) -> bool:
@@ -1191,34 +1261,35 @@ class _LoopLayer(RedisPubSubLoopLayer):
         return KeptKeys(history=f"{base}:h", pending=f"{base}:p", meta=f"{base}:m", epoch=f"{self.prefix}kept:epoch")
 
     async def send_kept(self, group: str, message: dict[str, Any]) -> Kept:
+        return await self.send_kept_soon(group, message)
+
+    def send_kept_soon(self, group: str, message: dict[str, Any]) -> asyncio.Future[Kept]:
+        """Queue ``message`` for the group's shard at once; the future of its :class:`Kept`.
+
+        Messages queued one after another reach Redis, and so each id, in that
+        order, whether or not anyone waits for the first one's answer.
+        """
         group_channel = self._get_group_channel_name(group)
         shard = self._get_shard(group_channel)
         payload = self.channel_layer.serialize(message)
         if not conf.KEEPS:
-            return Kept(live=await shard.publish(group_channel, payload) > 0, pending=False, position=None)
+            return shard._queue((b"PUBLISH", group_channel, payload), convert=_published_live)
         keys = self.kept_keys(group)
         pending = conf.PENDING
-        try:
-            received, position = await shard.run_script(
-                SEND_KEPT,
-                keys=[group_channel, keys.history, keys.pending, keys.epoch, keys.meta],
-                args=[
-                    payload,
-                    conf.HISTORY_SIZE,
-                    int(conf.HISTORY_TTL * 1000),
-                    int(pending),
-                    int(META_TTL * 1000),
-                    _tag(group),
-                ],
-            )
-        except ResponseError as exc:
-            if not str(exc).startswith("OOM"):
-                raise
-            # Redis is full (maxmemory): keeping fails, delivering to whoever listens still works.
-            logger.warning("Redis refuses to keep notifications (%s); delivering live only", exc)
-            return Kept(live=await shard.publish(group_channel, payload) > 0, pending=False, position=None)
-        live = received > 0
-        return Kept(live=live, pending=not live and pending, position=position.decode())
+        return shard.script_soon(
+            SEND_KEPT,
+            keys=[group_channel, keys.history, keys.pending, keys.epoch, keys.meta],
+            args=[
+                payload,
+                conf.HISTORY_SIZE,
+                int(conf.HISTORY_TTL * 1000),
+                int(pending),
+                int(META_TTL * 1000),
+                _tag(group),
+            ],
+            convert=_kept_pending if pending else _kept,
+            instead=functools.partial(_live_only, group_channel, payload),
+        )
 
     async def take_pending_payloads(self, group: str, *, peek: bool = False) -> list[tuple[str, bytes]]:
         """The group's pending notifications as (position, serialised event), oldest first; once unless ``peek``."""
@@ -1338,6 +1409,9 @@ class RedisPubSubLayer(RedisPubSubChannelLayer):
 
     def send_kept(self, group: str, message: dict[str, Any]) -> Coroutine[Any, Any, Kept]:
         return self._get_layer().send_kept(group, message)
+
+    def send_kept_soon(self, group: str, message: dict[str, Any]) -> asyncio.Future[Kept]:
+        return self._get_layer().send_kept_soon(group, message)
 
     async def take_pending(self, group: str, *, peek: bool = False) -> list[KeptNotification]:
         return await self._get_layer().take_pending(group, peek=peek)

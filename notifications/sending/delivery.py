@@ -7,6 +7,8 @@ the same way.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import time
 from typing import Any
@@ -32,6 +34,39 @@ def channel_layer() -> BaseChannelLayer:
     return layer
 
 
+async def deliver_soon(recipient: str, text: str) -> asyncio.Future[Kept] | None:
+    """Hand a checked notification to the recipient's group without waiting for the layer's answer.
+
+    For a sender that needs no answer (a v1 client): its notifications reach
+    each id in the order handed over, and their outcome is counted (and a
+    refusal logged, as by :func:`deliver`) when it comes. Returns the
+    future of that outcome, once the recipient has room (as :func:`deliver`);
+    None with a layer that cannot (call :func:`deliver` then).
+    """
+    layer = channel_layer()
+    start = getattr(layer, "send_kept_soon", None)
+    if start is None:
+        return None
+    group = group_name(recipient)
+    try:
+        started: asyncio.Future[Kept] = start(group, _event(recipient, text))
+    except Exception as exc:  # refused at once (Redis known to be down)
+        started = asyncio.get_running_loop().create_future()
+        started.set_exception(exc)
+    started.add_done_callback(functools.partial(_counted, recipient))
+    await _room(layer, group)
+    return started
+
+
+def _counted(recipient: str, started: asyncio.Future[Kept]) -> None:
+    if started.cancelled():
+        return
+    if (exc := started.exception()) is not None:
+        refused(describe(recipient), exc)
+    else:
+        _count(started.result())
+
+
 async def deliver(recipient: str, text: str) -> Kept | None:
     """Hand a notification already validated by :mod:`notifications.protocol` to the recipient's group.
 
@@ -39,11 +74,14 @@ async def deliver(recipient: str, text: str) -> Kept | None:
     pending (:class:`~notifications.layers.Kept`); another layer says
     nothing (None).
     """
+    return await _group_send(group_name(recipient), _event(recipient, text), recipient)
+
+
+def _event(recipient: str, text: str) -> dict[str, Any]:
     # The recipient travels along so that a layer that cannot queue the
     # notification for a connection can say for whom it was.
     # "at": when it was sent, for the delivery-latency histogram (notifications.metrics).
-    event = {"type": EVENT_TYPE, "text": text, "recipient": recipient, "at": time.time()}
-    return await _group_send(group_name(recipient), event, recipient)
+    return {"type": EVENT_TYPE, "text": text, "recipient": recipient, "at": time.time()}
 
 
 def drain(channel_name: str) -> list[dict[str, Any]]:
@@ -116,16 +154,24 @@ async def _group_send(group: str, event: dict[str, Any], recipient: str | None) 
         # describe() only here: it costs, and this is the path of every relayed message.
         refused(describe(recipient) if recipient is not None else "every connection", exc)
         raise DeliveryFailed(f"the channel layer refused the notification: {exc}") from exc
-    metrics.counters[metrics.RELAYED] += 1
-    if kept is not None and kept.pending:
-        metrics.counters[metrics.PENDING] += 1
-    room = getattr(layer, "room", None)
-    if room is not None:  # a recipient in this process falls behind: the sender waits a little
-        await room(group)
+    _count(kept)
+    await _room(layer, group)
     return kept
 
 
-def refused(target: str, exc: Exception) -> None:
+def _count(kept: Kept | None) -> None:
+    metrics.counters[metrics.RELAYED] += 1
+    if kept is not None and kept.pending:
+        metrics.counters[metrics.PENDING] += 1
+
+
+async def _room(layer: BaseChannelLayer, group: str) -> None:
+    room = getattr(layer, "room", None)
+    if room is not None:  # a recipient in this process falls behind: the sender waits a little
+        await room(group)
+
+
+def refused(target: str, exc: BaseException) -> None:
     """Count and log a notification the channel layer refused (nothing vanishes silently)."""
     metrics.counters[metrics.LAYER_SEND_ERRORS] += 1
     metrics.undeliverable("layer_refused", target)
