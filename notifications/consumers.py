@@ -135,7 +135,8 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
         self.closing = False  # a close was asked for: nothing more is sent
         self.send_refusal: tuple[str, str] | None = None  # why this connection may not send (WS_SENDERS)
         self.sends_refused = 0
-        self.in_flight: deque[asyncio.Future[Kept]] = deque()  # v1 relays the layer has not answered yet
+        # v1 relays the layer has not answered yet; made with the first (most connections never send).
+        self.in_flight: deque[asyncio.Future[Kept]] | None = None
         self.address: str | None = None  # the client's address, once admitted by the per-address limits
         self.frame_limit = limits.frame_limit()
         self.flooded = False  # closed with 4008 for flooding: its later frames are dropped unread
@@ -231,6 +232,8 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
     async def _in_flight(self, started: asyncio.Future[Kept]) -> None:
         """Note a v1 relay the layer has not answered yet; wait for the oldest while there are too many."""
         waiting = self.in_flight
+        if waiting is None:
+            waiting = self.in_flight = deque()
         waiting.append(started)
         while waiting and waiting[0].done():
             waiting.popleft()

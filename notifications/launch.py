@@ -16,6 +16,7 @@ before, as ``notifyproject.server`` does.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from typing import Any
 
@@ -29,6 +30,9 @@ from notifications import drain
 from notifications.endpoints import QUIET_PATHS
 
 logger = logging.getLogger(__name__)
+
+# The collector's thresholds once the server runs (Python's defaults: 700, 10, 10); see tune_gc().
+GC_THRESHOLDS = (20_000, 20, 20)
 
 
 def _log_failure(failure: Failure) -> None:
@@ -96,8 +100,32 @@ class DrainingCommandLine(CommandLineInterface):
     server_class = DrainingServer
 
 
+def tune_gc() -> None:
+    """Tune Python's cyclic garbage collector for a long-running relay, once the application is loaded.
+
+    Under load, the objects of notifications on their way (queued for a
+    connection, waiting for Redis's answer) outlive the youngest generation's
+    collections, every 700 allocations, and are promoted until the oldest
+    generation's full collections run: each traverses every object the
+    process holds, Django's, Twisted's and the app's from start-up included
+    (about 150,000, some 80 ms per collection on the benchmark's machine).
+    ``gc.freeze()`` sets what exists once the server runs (modules, settings,
+    URL patterns: never garbage) aside from every later collection, and a
+    youngest generation of 20,000 lets reference counting free most of a
+    notification's objects before a collection would promote them. Cycles
+    are still collected. At saturation this cut the relay's CPU per message
+    by a fifth to a quarter (README, Benchmark).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def main() -> None:
     """daphne's command line with the drain (``notifyproject.server`` chooses the loop and reactor, then calls this)."""
+    from twisted.internet import reactor
+
+    reactor.callWhenRunning(tune_gc)  # after daphne's CLI loaded the application
     DrainingCommandLine.entrypoint()
 
 

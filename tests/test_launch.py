@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import gc
+import json
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from harness.servers import ROOT
+from harness.servers import ROOT, Python, free_port
+from notifications.launch import GC_THRESHOLDS
 
 
 def launch_line(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> list[str]:
@@ -64,3 +67,19 @@ def test_the_other_launch_scripts_go_through_bin_daphne(script: str) -> None:
     text = (ROOT / "bin" / script).read_text()
     assert "exec bin/daphne" in text
     assert "-m daphne" not in text
+
+
+def test_the_launcher_sets_start_up_objects_aside_from_the_collector_and_collects_less_often(
+    run_python: Python,
+) -> None:
+    # The real launch path (bin/daphne runs notifyproject.server) with a probe application, which reports
+    # the collector's state from the reactor's start, after the launcher's own start-up work, and stops.
+    done = run_python(
+        *("-m", "notifyproject.server", "-b", "127.0.0.1", "-p", str(free_port()), "tests.gc_probe:application"),
+        env={},
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    state = json.loads(done.stdout.strip().splitlines()[-1])
+    assert tuple(state["thresholds"]) == GC_THRESHOLDS != gc.get_threshold()
+    assert state["frozen"] > 10_000  # Django, Twisted, daphne and the app, loaded before the reactor ran
