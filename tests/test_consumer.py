@@ -366,7 +366,9 @@ async def test_a_v1_senders_notifications_go_to_the_layer_without_waiting_and_ar
             live.set_result(Kept(live=True, pending=False, position="1"))
             refused.set_exception(ConnectionError("Redis went away"))
             pending.set_result(Kept(live=False, pending=True, position="2"))
-            await asyncio.sleep(0)  # the answers' callbacks run
+            await wait_until(
+                lambda: metrics.counters[metrics.LAYER_SEND_ERRORS] > before[metrics.LAYER_SEND_ERRORS], seconds=5
+            )
         assert metrics.counters[metrics.RELAYED] - before[metrics.RELAYED] == 2
         assert metrics.counters[metrics.PENDING] - before[metrics.PENDING] == 1
         assert metrics.counters[metrics.LAYER_SEND_ERRORS] - before[metrics.LAYER_SEND_ERRORS] == 1
