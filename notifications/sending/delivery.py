@@ -59,7 +59,7 @@ async def deliver_soon(recipient: str, text: str) -> asyncio.Future[Kept] | None
 
 
 def _counted(recipient: str, started: asyncio.Future[Kept]) -> None:
-    if started.cancelled():
+    if started.cancelled():  # the consumer awaits it shielded: only a caller of its own could cancel it
         return
     if (exc := started.exception()) is not None:
         refused(describe(recipient), exc)
