@@ -910,19 +910,15 @@ async def _as_received(reply: Any) -> Any:
     return reply
 
 
-def _kept(reply: Any) -> Kept:
-    """SEND_KEPT's reply, with pending off (or its PUBLISH, sent instead while Redis is full)."""
-    if isinstance(reply, int):
-        return _published_live(reply)
-    return Kept(live=reply[0] > 0, pending=False, position=reply[1].decode())
-
-
-def _kept_pending(reply: Any) -> Kept:
-    """SEND_KEPT's reply, with pending on (or its PUBLISH, sent instead while Redis is full)."""
+def _kept(reply: Any, *, pending: bool = False) -> Kept:
+    """SEND_KEPT's reply (or its PUBLISH's, sent instead while Redis is full); ``pending``: pending is on."""
     if isinstance(reply, int):
         return _published_live(reply)
     live = reply[0] > 0
-    return Kept(live=live, pending=not live, position=reply[1].decode())
+    return Kept(live=live, pending=pending and not live, position=reply[1].decode())
+
+
+_kept_pending = functools.partial(_kept, pending=True)
 
 
 def _published_live(received: int) -> Kept:
