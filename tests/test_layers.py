@@ -296,6 +296,48 @@ async def test_while_redis_is_full_notifications_go_out_live_only_in_order(
         await admin.aclose()
 
 
+async def test_a_setting_changed_between_two_notifications_to_one_id_holds_for_the_next(
+    redis_url: str, redis_prefix: str, settings: pytest.FixtureRequest
+) -> None:
+    # The layer makes each id's SEND_KEPT keys and arguments once and reuses them: a change of the
+    # settings they come from must still reach the id's next notification.
+    layer = RedisPubSubLayer(hosts=[redis_url], prefix=redis_prefix)
+    admin = aioredis.Redis.from_url(redis_url)
+    history = layer._get_layer().kept_keys("g").history
+    try:
+        assert (await layer.send_kept("g", event("one"))).pending  # nobody registered: pending (the default)
+        settings.NOTIFICATIONS_PENDING = False  # type: ignore[attr-defined]
+        second = await layer.send_kept("g", event("two"))
+        assert (second.pending, second.position is not None) == (False, True)  # kept in the history only
+        assert await admin.xlen(history) == 2
+        settings.NOTIFICATIONS_HISTORY_SIZE = 1  # type: ignore[attr-defined]
+        await layer.send_kept("g", event("three"))
+        assert await admin.xlen(history) == 1  # trimmed to the new size
+    finally:
+        await layer.flush()
+        await admin.aclose()
+
+
+async def test_the_layer_remembers_the_keys_of_a_bounded_number_of_ids(
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from notifications.layers import redis as redis_layer
+
+    monkeypatch.setattr(redis_layer, "KEPT_HEADS_CACHED", 3)
+    layer = RedisPubSubLayer(hosts=[redis_url], prefix=redis_prefix)
+    try:
+        for i in range(10):
+            await layer.send_kept(f"g{i}", event(str(i)))
+            assert len(layer._get_layer()._kept_heads) <= 3
+        # Forgotten and made again, each id's notifications still go to its own history and pending.
+        assert [k.text for k in await layer.take_pending("g0")] == ["0"]
+        await layer.send_kept("g0", event("again"))
+        assert [k.text for k in await layer.take_pending("g0")] == ["again"]
+        assert [k.text for k in await layer.take_pending("g9")] == ["9"]
+    finally:
+        await layer.flush()
+
+
 # Kept notifications in the in-memory layer
 
 

@@ -365,13 +365,19 @@ redis.call('SET', KEYS[1], string.format('%x%05x', tonumber(t[1]), tonumber(t[2]
 return 1
 """
 
-# A command as Redis receives it: its name and arguments (str, bytes or int).
-Command = tuple[Any, ...]
+# A command as Redis receives it: its name and arguments (str, bytes or int), or already packed in
+# Redis's protocol (RESP), as the hot path queues SEND_KEPT.
+Command = tuple[Any, ...] | bytes
+# What may answer a command's error reply with a command to send in its place (or None: fail with it).
+Again = Callable[[ResponseError, Command], Command | None]
 # A command in a shard's outbox: the command, the future of its reply, what turns the reply into the future's
-# result (or None), and what may answer an error reply with a command to send in its place (or None).
-Queued = tuple[
-    Command, "asyncio.Future[Any]", Callable[[Any], Any] | None, Callable[[ResponseError], Command | None] | None
-]
+# result (or None), and what may answer an error reply with another command (or None).
+Queued = tuple[Command, "asyncio.Future[Any]", Callable[[Any], Any] | None, Again | None]
+# SEND_KEPT's keys and arguments after its payload, in the order the script reads them (see send_kept_soon).
+KEPT_KEYS = 5
+KEPT_ARGS_AFTER_PAYLOAD = 5
+# Groups whose packed SEND_KEPT head a layer remembers; forgotten all at once beyond this (see _kept_head).
+KEPT_HEADS_CACHED = 4096
 
 
 def _stream_order(position: str) -> tuple[int, int]:
@@ -526,36 +532,20 @@ class _Shard(RedisSingleShardConnection):
         return await self.script_soon(source, keys, args)
 
     def script_soon(
-        self,
-        source: str,
-        keys: list[str],
-        args: list[Any],
-        *,
-        convert: Callable[[Any], Any] | None = None,
-        instead: Callable[[ResponseError], Command | None] | None = None,
+        self, source: str, keys: list[str], args: list[Any], *, convert: Callable[[Any], Any] | None = None
     ) -> asyncio.Future[Any]:
         """A Lua script by EVALSHA, queued as publishes are; its reply (``convert``-ed) once answered.
 
         Where Redis does not have the script (restarted, or its scripts
         flushed), the publisher sends it again as EVAL, which loads it, ahead of
         everything queued after it: scripts queued one after another run in
-        that order however many are refused. ``instead`` may name another
-        command for any other error reply (or None to fail with it).
+        that order however many are refused.
         """
-
-        def again(error: ResponseError) -> Command | None:
-            if isinstance(error, NoScriptError):
-                return (b"EVAL", source, len(keys), *keys, *args)
-            return None if instead is None else instead(error)
-
-        return self._queue((b"EVALSHA", _digest(source), len(keys), *keys, *args), convert=convert, again=again)
+        command = (b"EVALSHA", _digest(source), len(keys), *keys, *args)
+        return self._queue(command, convert=convert, again=_loaded_again)
 
     def _queue(
-        self,
-        command: Command,
-        *,
-        convert: Callable[[Any], Any] | None = None,
-        again: Callable[[ResponseError], Command | None] | None = None,
+        self, command: Command, *, convert: Callable[[Any], Any] | None = None, again: Again | None = None
     ) -> asyncio.Future[Any]:
         """``command``'s reply, once the batch it goes out with has been answered.
 
@@ -587,20 +577,20 @@ class _Shard(RedisSingleShardConnection):
                 async with asyncio.timeout(COMMAND_TIMEOUT):
                     link = await self._held_link()
                     await link.send_packed_command(
-                        b"".join([hiredis.pack_command(queued[0]) for queued in batch]), check_health=False
+                        b"".join([_packed(queued[0]) for queued in batch]), check_health=False
                     )
                     fast = _fast_reading(link)
                     instead: list[Queued] = []
                     for queued in batch:
-                        _, done, convert, again = queued
+                        command, done, convert, again = queued
                         try:
                             result = await (_next_reply(link) if fast else link.read_response())
                             if isinstance(result, ResponseError):  # as hiredis parsed it
                                 raise result
                         except ResponseError as exc:  # this command's error: the connection reads on
-                            command = again(exc) if again is not None else None
-                            if command is not None:
-                                instead.append((command, done, convert, again))
+                            other = again(exc, command) if again is not None else None
+                            if other is not None:
+                                instead.append((other, done, convert, again))
                             elif not done.done():
                                 done.set_exception(exc)
                         else:
@@ -925,18 +915,54 @@ def _published_live(received: int) -> Kept:
     return Kept(live=received > 0, pending=False, position=None)
 
 
-def _live_only(group_channel: str, payload: bytes, error: ResponseError) -> Command | None:
-    """In place of a notification Redis refused to keep because it is full (maxmemory): a PUBLISH, live only."""
-    if not isinstance(error, OutOfMemoryError):
+def _packed(command: Command) -> bytes:
+    """A command in Redis's protocol, as it goes out in a batch."""
+    return command if command.__class__ is bytes else hiredis.pack_command(command)  # type: ignore[return-value,arg-type]
+
+
+def _unpacked(command: Command) -> list[Any]:
+    """A command's name and arguments, from its tuple or from its packed form."""
+    if not isinstance(command, bytes):
+        return list(command)
+    reader = hiredis.Reader()
+    reader.feed(command)
+    return list(reader.gets())
+
+
+def _loaded_again(error: ResponseError, command: Command) -> Command | None:
+    """An EVALSHA Redis refused for not having the script: as EVAL, which loads it."""
+    if not isinstance(error, NoScriptError):
         return None
+    _evalsha, digest, *rest = _unpacked(command)
+    return (b"EVAL", _SOURCES[digest.decode() if isinstance(digest, bytes) else digest], *rest)
+
+
+def _kept_again(error: ResponseError, command: Command) -> Command | None:
+    """SEND_KEPT refused: loaded again (see :func:`_loaded_again`), or live only if Redis is full."""
+    if not isinstance(error, OutOfMemoryError):
+        return _loaded_again(error, command)
+    # Refused to keep because Redis is full (maxmemory): a PUBLISH to the group's channel (KEYS[1]), live only.
     logger.warning("Redis refuses to keep notifications (%s); delivering live only", error)
-    return (b"PUBLISH", group_channel, payload)
+    arguments = _unpacked(command)
+    return (b"PUBLISH", arguments[3], arguments[3 + KEPT_KEYS])
+
+
+# Each script's source by its SHA1 (EVAL in place of an EVALSHA Redis refused).
+_SOURCES: dict[str, str] = {}
 
 
 @functools.cache
 def _digest(source: str) -> str:
     """A Lua script's SHA1, the name EVALSHA runs it by."""
-    return hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+    digest = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+    _SOURCES[digest] = source
+    return digest
+
+
+def _packed_arguments(*arguments: Any) -> bytes:
+    """Arguments packed as in a command, without the command's leading count: to be joined into one."""
+    packed: bytes = hiredis.pack_command(arguments)
+    return packed[packed.index(b"\r\n") + 2 :]
 
 
 def _answer(done: asyncio.Future[Any], result: Any, convert: Callable[[Any], Any] | None) -> None:
@@ -1008,6 +1034,7 @@ class _LoopLayer(RedisPubSubLoopLayer):
         self._cleanups: set[asyncio.Future[None]] = set()
         self._resubscribing: dict[str, asyncio.Future[None]] = {}
         self._gaps = Gaps()
+        self._kept_heads: dict[str, tuple[tuple[int, float, bool], tuple[_Shard, bytes, bytes]]] = {}
 
     @property
     def shard_count(self) -> int:
@@ -1265,27 +1292,41 @@ class _LoopLayer(RedisPubSubLoopLayer):
         Messages queued one after another reach Redis, and so each id, in that
         order, whether or not anyone waits for the first one's answer.
         """
-        group_channel = self._get_group_channel_name(group)
-        shard = self._get_shard(group_channel)
         payload = self.channel_layer.serialize(message)
         if not conf.KEEPS:
+            group_channel = self._get_group_channel_name(group)
+            shard = self._get_shard(group_channel)
             return shard._queue((b"PUBLISH", group_channel, payload), convert=_published_live)
-        keys = self.kept_keys(group)
         pending = conf.PENDING
-        return shard.script_soon(
-            SEND_KEPT,
-            keys=[group_channel, keys.history, keys.pending, keys.epoch, keys.meta],
-            args=[
-                payload,
-                conf.HISTORY_SIZE,
-                int(conf.HISTORY_TTL * 1000),
-                int(pending),
-                int(META_TTL * 1000),
-                _tag(group),
-            ],
-            convert=_kept_pending if pending else _kept,
-            instead=functools.partial(_live_only, group_channel, payload),
+        settings = (conf.HISTORY_SIZE, conf.HISTORY_TTL, pending)
+        shard, head, tail = self._kept_head(group, settings)
+        # One notification's only part of its own: the payload, between the group's keys and its arguments.
+        command = b"".join((head, b"$%d\r\n" % len(payload), payload, b"\r\n", tail))
+        return shard._queue(command, convert=_kept_pending if pending else _kept, again=_kept_again)
+
+    def _kept_head(self, group: str, settings: tuple[int, float, bool]) -> tuple[_Shard, bytes, bytes]:
+        """``group``'s shard and SEND_KEPT packed before and after the payload, remembered per group.
+
+        Its keys, shard and tag (three digests and five names) are the same for
+        every notification to an id: made once while the id is in use, not per
+        notification. ``settings`` are the settings the arguments come from.
+        """
+        known = self._kept_heads.get(group)
+        if known is not None and known[0] == settings:
+            return known[1]
+        if len(self._kept_heads) >= KEPT_HEADS_CACHED:
+            self._kept_heads.clear()
+        group_channel = self._get_group_channel_name(group)
+        keys = self.kept_keys(group)
+        history_size, history_ttl, pending = settings
+        names = (group_channel, keys.history, keys.pending, keys.epoch, keys.meta)
+        head = b"*%d\r\n" % (3 + KEPT_KEYS + 1 + KEPT_ARGS_AFTER_PAYLOAD) + _packed_arguments(
+            b"EVALSHA", _digest(SEND_KEPT), KEPT_KEYS, *names
         )
+        tail = _packed_arguments(history_size, int(history_ttl * 1000), int(pending), int(META_TTL * 1000), _tag(group))
+        made = (self._get_shard(group_channel), head, tail)
+        self._kept_heads[group] = (settings, made)
+        return made
 
     async def take_pending_payloads(self, group: str, *, peek: bool = False) -> list[tuple[str, bytes]]:
         """The group's pending notifications as (position, serialised event), oldest first; once unless ``peek``."""
