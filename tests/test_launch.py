@@ -7,10 +7,11 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from harness.servers import ROOT, Python, free_port
+from harness.servers import ROOT, free_port, run_python
 from notifications.launch import GC_THRESHOLDS
 
 
@@ -69,17 +70,28 @@ def test_the_other_launch_scripts_go_through_bin_daphne(script: str) -> None:
     assert "-m daphne" not in text
 
 
-def test_the_launcher_sets_start_up_objects_aside_from_the_collector_and_collects_less_often(
-    run_python: Python,
-) -> None:
-    # The real launch path (bin/daphne runs notifyproject.server) with a probe application, which reports
-    # the collector's state from the reactor's start, after the launcher's own start-up work, and stops.
+@pytest.fixture(scope="module")
+def launched() -> dict[str, Any]:
+    """What the real launch path (bin/daphne runs notifyproject.server) had set up once the reactor ran.
+
+    A probe application reports it from the reactor's start, after the launcher's own start-up work, and stops.
+    """
     done = run_python(
-        *("-m", "notifyproject.server", "-b", "127.0.0.1", "-p", str(free_port()), "tests.gc_probe:application"),
+        *("-m", "notifyproject.server", "-b", "127.0.0.1", "-p", str(free_port()), "tests.launch_probe:application"),
         env={},
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    state = json.loads(done.stdout.strip().splitlines()[-1])
-    assert tuple(state["thresholds"]) == GC_THRESHOLDS != gc.get_threshold()
-    assert state["frozen"] > 10_000  # Django, Twisted, daphne and the app, loaded before the reactor ran
+    state: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return state
+
+
+def test_the_launcher_sets_start_up_objects_aside_from_the_collector_and_collects_less_often(
+    launched: dict[str, Any],
+) -> None:
+    assert tuple(launched["thresholds"]) == GC_THRESHOLDS != gc.get_threshold()
+    assert launched["frozen"] > 10_000  # Django, Twisted, daphne and the app, loaded before the reactor ran
+
+
+def test_the_launcher_unmasks_small_client_frames_with_the_apps_masker(launched: dict[str, Any]) -> None:
+    assert launched["masker"] == "notifications.masking.create_xor_masker"
