@@ -1,4 +1,4 @@
-"""daphne's command line with a graceful drain: ``python -m notifications.launch [daphne options] app``.
+"""daphne's command line with a graceful drain, which :mod:`notifications.serve` runs.
 
 The same options and behaviour as ``daphne``, except on SIGTERM (or
 SIGINT): before daphne cancels its applications and drops its sockets,
@@ -10,7 +10,7 @@ drain hooks in: the subclass runs the drain first and daphne's step after it.
 Importing this module imports ``daphne.server``, which installs Twisted's
 asyncio reactor on a loop of its own unless one is installed: choose the event
 loop policy (uvloop) and install the app's reactor (:mod:`notifications.reactor`)
-before, as ``notifyproject.server`` does.
+before, as :mod:`notifications.serve` does.
 """
 
 from __future__ import annotations
@@ -122,12 +122,8 @@ def tune_gc() -> None:
 
 
 def main() -> None:
-    """daphne's command line with the drain (``notifyproject.server`` chooses the loop and reactor, then calls this)."""
+    """daphne's command line with the drain (:mod:`notifications.serve` sets up the loop first, then calls this)."""
     from twisted.internet import reactor
 
     reactor.callWhenRunning(tune_gc)  # after daphne's CLI loaded the application
     DrainingCommandLine.entrypoint()
-
-
-if __name__ == "__main__":
-    main()

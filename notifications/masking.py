@@ -11,7 +11,7 @@ does it with one integer XOR (about 0.5 µs for the same frame). Frames of
 there.
 
 :func:`install` puts :func:`create_xor_masker` in place of autobahn's
-factory for the frames daphne reads; ``notifyproject.server`` calls it
+factory for the frames daphne reads; :mod:`notifications.serve` calls it
 before daphne starts, as it installs the app's reactor. The masker keeps
 autobahn's interface (``pointer``, ``reset``, ``process`` called once per
 chunk as a frame's bytes arrive); ``tests/test_masking.py`` holds both to

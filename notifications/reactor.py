@@ -15,7 +15,7 @@ connection's reads, too, run without Twisted's legacy logging context (the
 "system" prefix of ``twisted.python.log`` calls made while reading).
 
 :func:`install` installs it before daphne's server module is imported, which
-keeps an asyncio reactor it finds installed (``notifyproject.server`` does so).
+keeps an asyncio reactor it finds installed (:mod:`notifications.serve` does so).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """An ASGI application that reports what the launcher set up once daphne's reactor runs, then stops it.
 
-Served by the project's launcher (``python -m notifyproject.server ... tests.launch_probe:application``)
+Served by the launchers (``python -m notifications.serve ... tests.launch_probe:application``)
 in ``tests/test_launch.py``: the launcher's own start-up work runs first. It reports the garbage
 collector's state and the factory autobahn makes each client frame's masker with.
 """

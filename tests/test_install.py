@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -247,9 +248,12 @@ def served_project(installed_wheel: Environment, fresh_project: Path, tmp_path: 
     installed_wheel.run("python", "manage.py", "migrate", cwd=fresh_project)
     port = free_port()
     log_path = tmp_path / "daphne.log"
+    # The guide's own command, on a free port of loopback.
+    serve = shlex.split(next(line for line in guide_commands() if "-m notifications.serve" in line))
+    assert serve[:3] == ["python", "-m", "notifications.serve"] and serve[-1] == "mysite.asgi:application", serve
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [installed_wheel.program("daphne"), "-b", "127.0.0.1", "-p", str(port), "mysite.asgi:application"],
+            [installed_wheel.program("python"), *serve[1:-1], "-b", "127.0.0.1", "-p", str(port), serve[-1]],
             cwd=fresh_project,
             env=installed_wheel.env,
             stdout=log,

@@ -70,14 +70,15 @@ def test_the_other_launch_scripts_go_through_bin_daphne(script: str) -> None:
     assert "-m daphne" not in text
 
 
-@pytest.fixture(scope="module")
-def launched() -> dict[str, Any]:
-    """What the real launch path (bin/daphne runs notifyproject.server) had set up once the reactor ran.
+@pytest.fixture(scope="module", params=["notifyproject.server", "notifications.serve"])
+def launched(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """What a launch path had set up once the reactor ran: this repository's (bin/daphne runs
+    notifyproject.server) and the installable app's own (python -m notifications.serve).
 
     A probe application reports it from the reactor's start, after the launcher's own start-up work, and stops.
     """
     done = run_python(
-        *("-m", "notifyproject.server", "-b", "127.0.0.1", "-p", str(free_port()), "tests.launch_probe:application"),
+        *("-m", request.param, "-b", "127.0.0.1", "-p", str(free_port()), "tests.launch_probe:application"),
         env={},
         timeout=60,
     )
