@@ -175,6 +175,60 @@ async def test_in_redis_an_expired_history_is_a_gap_unless_the_client_had_the_ne
         await client.aclose()
 
 
+async def test_in_redis_a_notification_older_than_the_ttl_goes_while_newer_ones_keep_the_history_alive(
+    redis_url: str, redis_prefix: str, settings: Any
+) -> None:
+    # Each entry expires HISTORY_TTL after it was sent, not when the key does: a send trims the older ones.
+    settings.NOTIFICATIONS_HISTORY_TTL = 3.0
+    layer = RedisPubSubLayer(hosts=[redis_url], prefix=redis_prefix)
+    client = aioredis.Redis.from_url(redis_url)
+    history = layer._get_layer().kept_keys("g").history
+
+    async def redis_time_reached(ms: int) -> bool:
+        seconds, micros = await client.time()
+        return seconds * 1000 + micros // 1000 >= ms
+
+    try:
+        start = await layer.newest("g")
+        (one,) = await send(layer, "g", "one")
+        sent_at = int(one.rpartition(":")[2].partition("-")[0])  # the stream id's milliseconds
+        await eventually(lambda: redis_time_reached(sent_at + 1500), seconds=5)
+        (kept,) = await send(layer, "g", "kept")  # the history key now lives until kept's time + 3 s
+        await eventually(lambda: redis_time_reached(sent_at + 3100), seconds=5)
+        (three,) = await send(layer, "g", "three")  # "one" is older than 3 s now; "kept" is not
+        assert await client.xlen(history) == 2
+        assert (await layer.resume("g", start, None, take=False)).recovered is False  # "one" is gone
+        replay = await layer.resume("g", one, None, take=False)  # a client that had "one" missed nothing gone
+        assert (replay.recovered, texts(replay)) == (True, ["kept", "three"])
+    finally:
+        await layer.flush()
+        await client.aclose()
+
+
+async def test_in_redis_an_id_whose_remembered_newest_was_lost_counts_on_from_its_history(
+    redis_url: str, redis_prefix: str
+) -> None:
+    # An id's newest position is remembered for META_TTL; with a longer HISTORY_TTL the history can outlive
+    # it, and a registration then remembers "0-0". Positions must still count on, never repeat.
+    layer = RedisPubSubLayer(hosts=[redis_url], prefix=redis_prefix)
+    client = aioredis.Redis.from_url(redis_url)
+    meta = layer._get_layer().kept_keys("g").meta
+    try:
+        sent = await send(layer, "g", "one", "two", "three")
+        assert (sent_between(sent[0], sent[1]), sent_between(sent[0], sent[2])) == (1, 2)
+        await client.delete(meta)  # forgotten: the next send finds nothing remembered
+        (fourth,) = await send(layer, "g", "four")
+        assert sent_between(sent[-1], fourth) == 1
+        await client.delete(meta)
+        await layer.newest("g")  # a registration's look remembers the beginning, "0-0"
+        assert await client.hget(meta, "last") == b"0-0"
+        (fifth,) = await send(layer, "g", "five")
+        assert sent_between(fourth, fifth) == 1
+    finally:
+        await layer.flush()
+        await client.aclose()
+
+
 async def test_positions_tell_how_many_of_the_id_were_sent_between_them_even_past_the_history(layer: Any) -> None:
     start = await layer.newest("g")
     first = await send(layer, "g", "one")

@@ -184,9 +184,11 @@ local function trim(key, size, cutoff)
     redis.call('XTRIM', key, 'MAXLEN', size)
   end
   local threshold = string.format('%d-0', cutoff)
-  local old = redis.call('XREVRANGE', key, '(' .. threshold, '-', 'COUNT', 1)
-  if old[1] then
-    dropped = old[1][1]
+  -- The oldest entry first: mostly nothing is old enough to go, and that is the cheap question
+  -- (XREVRANGE from a bound below every entry walks the stream: several times the cost).
+  local oldest = redis.call('XRANGE', key, '-', '+', 'COUNT', 1)[1]
+  if oldest and older(oldest[1], threshold) then
+    dropped = redis.call('XREVRANGE', key, '(' .. threshold, '-', 'COUNT', 1)[1][1]
     redis.call('XTRIM', key, 'MINID', threshold)
   end
   return dropped
@@ -206,8 +208,13 @@ local fresh = redis.call('EXISTS', KEYS[2]) == 0
 -- The stream id is <milliseconds>-<n>: the time it was sent (never before the previous one's),
 -- and n counts the id's notifications, so that a connection can tell how many it missed.
 local prev = redis.call('HGET', KEYS[5], 'last') or '0-0'
-local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
-if top and older(prev, top[1]) then prev = top[1] end
+if prev == '0-0' then
+  -- Nothing remembered (the meta expired before the history, or a registration remembered the
+  -- beginning): the count goes on from the history's newest entry, if any. Otherwise "last" is it,
+  -- written with every entry.
+  local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
+  if top then prev = top[1] end
+end
 local prev_ms, prev_n = string.match(prev, '^(%d+)-(%d+)$')
 local t = redis.call('TIME')
 local sent_at = math.max(tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), tonumber(prev_ms))
