@@ -363,8 +363,8 @@ async def test_a_resume_past_the_history_size_is_not_recovered_and_within_it_is(
 
     # Six while away: the first of them is gone.
     gone = [f"gone {n}" for n in range(6)]
-    for text in gone:
-        await send_v2(sender, recipient, text)
+    outcomes = [(await send_v2(sender, recipient, text))["outcome"] for text in gone]
+    assert outcomes == ["live" if registered_elsewhere else "pending"] * len(gone), outcomes
     page = await open_client(server.url)
     reply = await register_v2(page, recipient, live["position"])
     assert reply["recovered"] is False, reply

@@ -229,6 +229,52 @@ async def test_in_redis_an_id_whose_remembered_newest_was_lost_counts_on_from_it
         await client.aclose()
 
 
+async def test_in_redis_pending_ones_sent_within_one_millisecond_keep_their_order_and_the_newest(
+    redis_url: str, redis_prefix: str, settings: Any
+) -> None:
+    # Stream ids are "<ms>-<n>": several notifications to one id within one millisecond share the ms,
+    # and as text "<ms>-10" sorts before "<ms>-9". The pending set must still order them by n, and keep
+    # the newest HISTORY_SIZE. Every send here lands on one millisecond: the id's newest is remembered a
+    # minute ahead, and a notification's time never goes back before its id's newest.
+    settings.NOTIFICATIONS_HISTORY_SIZE = 3
+    layer = RedisPubSubLayer(hosts=[redis_url], prefix=redis_prefix)
+    client = aioredis.Redis.from_url(redis_url)
+    keys = layer._get_layer().kept_keys("g")
+    try:
+        seconds, micros = await client.time()
+        ahead = seconds * 1000 + micros // 1000 + 60_000
+        await client.hset(keys.meta, "last", f"{ahead}-7")
+        positions = await send(layer, "g", *(f"n{n}" for n in range(8, 13)))  # counts 8 to 12: "-8" ... "-12"
+        assert {p.rpartition(":")[2].partition("-")[0] for p in positions} == {str(ahead)}
+        assert [k.text for k in await layer.take_pending("g", peek=True)] == ["n10", "n11", "n12"]
+        replay = await layer.resume("g", None, None)  # a registration with no since takes them, in order
+        assert texts(replay)[-3:] == ["n10", "n11", "n12"]
+    finally:
+        await layer.flush()
+        await client.aclose()
+
+
+async def test_in_redis_a_pending_set_scored_by_milliseconds_is_scored_again_and_loses_nothing_newer(
+    redis_url: str, redis_prefix: str, settings: Any
+) -> None:
+    # Pending sets written before scores were counts hold milliseconds: the first notification added
+    # scores them again, or the new ones (small scores) would be the first trimmed.
+    settings.NOTIFICATIONS_HISTORY_SIZE = 3
+    layer = RedisPubSubLayer(hosts=[redis_url], prefix=redis_prefix)
+    client = aioredis.Redis.from_url(redis_url)
+    keys = layer._get_layer().kept_keys("g")
+    try:
+        old = await send(layer, "g", "old 1", "old 2")
+        for position in old:
+            stream_id = position.rpartition(":")[2]
+            await client.zadd(keys.pending, {stream_id: int(stream_id.partition("-")[0])})  # as written before
+        await send(layer, "g", "new 3", "new 4")
+        assert [k.text for k in await layer.take_pending("g")] == ["old 2", "new 3", "new 4"]
+    finally:
+        await layer.flush()
+        await client.aclose()
+
+
 async def test_positions_tell_how_many_of_the_id_were_sent_between_them_even_past_the_history(layer: Any) -> None:
     start = await layer.newest("g")
     first = await send(layer, "g", "one")

@@ -155,6 +155,10 @@ PENDING_AVAILABLE = b"\x01"
 
 # Lua functions the scripts below share.
 # older(a, b): whether stream id a sorts before b.
+# pend(key, id, size, ttl): add stream id ``id`` to the pending set ``key``, keep its newest ``size``.
+# A pending id's score is its n (the id's count, "<ms>-<n>"): n grows with every notification of
+# the id, so it orders them even within one millisecond, where the ids' text does not ("-10" before
+# "-9"). Sets scored by milliseconds (before n) are scored again first.
 # trim(key, size, cutoff): drop the history's entries beyond the newest ``size`` and those sent
 # before ``cutoff`` (ms); the newest dropped id, or false. Oldest first, so that an entry still
 # kept means every later one is kept too: what a resume relies on.
@@ -174,6 +178,17 @@ local function older(a, b)
   am, bm = tonumber(am), tonumber(bm)
   if am ~= bm then return am < bm end
   return tonumber(as) < tonumber(bs)
+end
+local function pend(key, id, size, ttl)
+  local top = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2]
+  if top and tonumber(top) >= 1e11 then
+    for _, kept in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+      redis.call('ZADD', key, tonumber(string.match(kept, '-(%d+)$')), kept)
+    end
+  end
+  redis.call('ZADD', key, tonumber(string.match(id, '-(%d+)$')), id)
+  redis.call('ZREMRANGEBYRANK', key, 0, -size - 1)
+  redis.call('PEXPIRE', key, ttl)
 end
 local function trim(key, size, cutoff)
   local dropped = false
@@ -235,9 +250,7 @@ redis.call('PEXPIRE', KEYS[2], ARGV[3])
 local position = epoch .. '.' .. ARGV[6] .. ':' .. id
 local received = redis.call('PUBLISH', KEYS[1], '\0' .. position .. '\0' .. ARGV[1])
 if received == 0 and ARGV[4] == '1' then
-  redis.call('ZADD', KEYS[3], sent_at, id)
-  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -tonumber(ARGV[2]) - 1)
-  redis.call('PEXPIRE', KEYS[3], ARGV[3])
+  pend(KEYS[3], id, tonumber(ARGV[2]), ARGV[3])
 end
 return {received, position}
 """
@@ -345,13 +358,14 @@ return taken
 # KEYS: the group's channel, its pending set. ARGV: the stream id, HISTORY_TTL in ms, HISTORY_SIZE.
 # Pending again (once, however many processes ask), and every process with a registrant of the
 # group is told, so that one that registered meanwhile takes it.
-MAKE_PENDING_AGAIN = """
-redis.call('ZADD', KEYS[2], tonumber(string.match(ARGV[1], '^(%d+)')), ARGV[1])
-redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[3]) - 1)
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
+MAKE_PENDING_AGAIN = (
+    LUA_FUNCTIONS
+    + """
+pend(KEYS[2], ARGV[1], tonumber(ARGV[3]), ARGV[2])
 redis.call('PUBLISH', KEYS[1], '\1')
 return 1
 """
+)
 
 # KEYS: the epoch, the replication history the epoch belongs to.
 # ARGV: the server's replication id now, and the one it had before (master_replid2).
