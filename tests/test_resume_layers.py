@@ -43,6 +43,18 @@ async def layer(request: pytest.FixtureRequest, settings: Any) -> AsyncIterator[
         await layer.flush()
 
 
+@pytest.fixture
+async def in_redis(redis_url: str, redis_prefix: str) -> AsyncIterator[tuple[RedisPubSubLayer, aioredis.Redis]]:
+    """The Redis layer and a client of its Redis, for the tests that read or change its keys."""
+    layer = RedisPubSubLayer(hosts=[redis_url], prefix=redis_prefix)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        yield layer, client
+    finally:
+        await layer.flush()
+        await client.aclose()
+
+
 async def send(layer: Any, group: str, *texts: str) -> list[str]:
     """Send to nobody (so each is pending too); their positions."""
     return [(await layer.send_kept(group, event(text))).position for text in texts]
@@ -155,124 +167,99 @@ async def test_an_idle_client_whose_newest_expired_still_recovers_when_nothing_w
 
 
 async def test_in_redis_an_expired_history_is_a_gap_unless_the_client_had_the_newest(
-    redis_url: str, redis_prefix: str, settings: Any
+    in_redis: tuple[RedisPubSubLayer, aioredis.Redis], settings: Any
 ) -> None:
     settings.NOTIFICATIONS_HISTORY_TTL = 1.0
-    layer = RedisPubSubLayer(hosts=[redis_url], prefix=redis_prefix)
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        first, second = await send(layer, "g", "one", "two")
-        history = layer._get_layer().kept_keys("g").history
+    layer, client = in_redis
+    first, second = await send(layer, "g", "one", "two")
+    history = layer._get_layer().kept_keys("g").history
 
-        async def expired() -> bool:
-            return not await client.exists(history)
+    async def expired() -> bool:
+        return not await client.exists(history)
 
-        await eventually(expired, seconds=5)
-        assert (await layer.resume("g", first, None)).recovered is False
-        assert (await layer.resume("g", second, None)).recovered is True
-    finally:
-        await layer.flush()
-        await client.aclose()
+    await eventually(expired, seconds=5)
+    assert (await layer.resume("g", first, None)).recovered is False
+    assert (await layer.resume("g", second, None)).recovered is True
 
 
 async def test_in_redis_a_notification_older_than_the_ttl_goes_while_newer_ones_keep_the_history_alive(
-    redis_url: str, redis_prefix: str, settings: Any
+    in_redis: tuple[RedisPubSubLayer, aioredis.Redis], settings: Any
 ) -> None:
     # Each entry expires HISTORY_TTL after it was sent, not when the key does: a send trims the older ones.
     settings.NOTIFICATIONS_HISTORY_TTL = 3.0
-    layer = RedisPubSubLayer(hosts=[redis_url], prefix=redis_prefix)
-    client = aioredis.Redis.from_url(redis_url)
+    layer, client = in_redis
     history = layer._get_layer().kept_keys("g").history
 
     async def redis_time_reached(ms: int) -> bool:
         seconds, micros = await client.time()
         return seconds * 1000 + micros // 1000 >= ms
 
-    try:
-        start = await layer.newest("g")
-        (one,) = await send(layer, "g", "one")
-        sent_at = int(one.rpartition(":")[2].partition("-")[0])  # the stream id's milliseconds
-        await eventually(lambda: redis_time_reached(sent_at + 1500), seconds=5)
-        (kept,) = await send(layer, "g", "kept")  # the history key now lives until kept's time + 3 s
-        await eventually(lambda: redis_time_reached(sent_at + 3100), seconds=5)
-        (three,) = await send(layer, "g", "three")  # "one" is older than 3 s now; "kept" is not
-        assert await client.xlen(history) == 2
-        assert (await layer.resume("g", start, None, take=False)).recovered is False  # "one" is gone
-        replay = await layer.resume("g", one, None, take=False)  # a client that had "one" missed nothing gone
-        assert (replay.recovered, texts(replay)) == (True, ["kept", "three"])
-    finally:
-        await layer.flush()
-        await client.aclose()
+    start = await layer.newest("g")
+    (one,) = await send(layer, "g", "one")
+    sent_at = int(one.rpartition(":")[2].partition("-")[0])  # the stream id's milliseconds
+    await eventually(lambda: redis_time_reached(sent_at + 1500), seconds=5)
+    (kept,) = await send(layer, "g", "kept")  # the history key now lives until kept's time + 3 s
+    await eventually(lambda: redis_time_reached(sent_at + 3100), seconds=5)
+    (three,) = await send(layer, "g", "three")  # "one" is older than 3 s now; "kept" is not
+    assert await client.xlen(history) == 2
+    assert (await layer.resume("g", start, None, take=False)).recovered is False  # "one" is gone
+    replay = await layer.resume("g", one, None, take=False)  # a client that had "one" missed nothing gone
+    assert (replay.recovered, texts(replay)) == (True, ["kept", "three"])
 
 
 async def test_in_redis_an_id_whose_remembered_newest_was_lost_counts_on_from_its_history(
-    redis_url: str, redis_prefix: str
+    in_redis: tuple[RedisPubSubLayer, aioredis.Redis],
 ) -> None:
     # An id's newest position is remembered for META_TTL; with a longer HISTORY_TTL the history can outlive
     # it, and a registration then remembers "0-0". Positions must still count on, never repeat.
-    layer = RedisPubSubLayer(hosts=[redis_url], prefix=redis_prefix)
-    client = aioredis.Redis.from_url(redis_url)
+    layer, client = in_redis
     meta = layer._get_layer().kept_keys("g").meta
-    try:
-        sent = await send(layer, "g", "one", "two", "three")
-        assert (sent_between(sent[0], sent[1]), sent_between(sent[0], sent[2])) == (1, 2)
-        await client.delete(meta)  # forgotten: the next send finds nothing remembered
-        (fourth,) = await send(layer, "g", "four")
-        assert sent_between(sent[-1], fourth) == 1
-        await client.delete(meta)
-        await layer.newest("g")  # a registration's look remembers the beginning, "0-0"
-        assert await client.hget(meta, "last") == b"0-0"
-        (fifth,) = await send(layer, "g", "five")
-        assert sent_between(fourth, fifth) == 1
-    finally:
-        await layer.flush()
-        await client.aclose()
+    sent = await send(layer, "g", "one", "two", "three")
+    assert (sent_between(sent[0], sent[1]), sent_between(sent[0], sent[2])) == (1, 2)
+    await client.delete(meta)  # forgotten: the next send finds nothing remembered
+    (fourth,) = await send(layer, "g", "four")
+    assert sent_between(sent[-1], fourth) == 1
+    await client.delete(meta)
+    await layer.newest("g")  # a registration's look remembers the beginning, "0-0"
+    assert await client.hget(meta, "last") == b"0-0"
+    (fifth,) = await send(layer, "g", "five")
+    assert sent_between(fourth, fifth) == 1
 
 
 async def test_in_redis_pending_ones_sent_within_one_millisecond_keep_their_order_and_the_newest(
-    redis_url: str, redis_prefix: str, settings: Any
+    in_redis: tuple[RedisPubSubLayer, aioredis.Redis], settings: Any
 ) -> None:
     # Stream ids are "<ms>-<n>": several notifications to one id within one millisecond share the ms,
     # and as text "<ms>-10" sorts before "<ms>-9". The pending set must still order them by n, and keep
     # the newest HISTORY_SIZE. Every send here lands on one millisecond: the id's newest is remembered a
     # minute ahead, and a notification's time never goes back before its id's newest.
     settings.NOTIFICATIONS_HISTORY_SIZE = 3
-    layer = RedisPubSubLayer(hosts=[redis_url], prefix=redis_prefix)
-    client = aioredis.Redis.from_url(redis_url)
+    layer, client = in_redis
     keys = layer._get_layer().kept_keys("g")
-    try:
-        seconds, micros = await client.time()
-        ahead = seconds * 1000 + micros // 1000 + 60_000
-        await client.hset(keys.meta, "last", f"{ahead}-7")
-        positions = await send(layer, "g", *(f"n{n}" for n in range(8, 13)))  # counts 8 to 12: "-8" ... "-12"
-        assert {p.rpartition(":")[2].partition("-")[0] for p in positions} == {str(ahead)}
-        assert [k.text for k in await layer.take_pending("g", peek=True)] == ["n10", "n11", "n12"]
-        replay = await layer.resume("g", None, None)  # a registration with no since takes them, in order
-        assert texts(replay)[-3:] == ["n10", "n11", "n12"]
-    finally:
-        await layer.flush()
-        await client.aclose()
+    seconds, micros = await client.time()
+    ahead = seconds * 1000 + micros // 1000 + 60_000
+    await client.hset(keys.meta, "last", f"{ahead}-7")
+    positions = await send(layer, "g", *(f"n{n}" for n in range(8, 13)))  # counts 8 to 12: "-8" ... "-12"
+    assert {p.rpartition(":")[2].partition("-")[0] for p in positions} == {str(ahead)}
+    assert [k.text for k in await layer.take_pending("g", peek=True)] == ["n10", "n11", "n12"]
+    replay = await layer.resume("g", None, None)  # a registration with no since takes them, in order
+    assert texts(replay)[-3:] == ["n10", "n11", "n12"]
 
 
 async def test_in_redis_a_pending_set_scored_by_milliseconds_is_scored_again_and_loses_nothing_newer(
-    redis_url: str, redis_prefix: str, settings: Any
+    in_redis: tuple[RedisPubSubLayer, aioredis.Redis], settings: Any
 ) -> None:
     # Pending sets written before scores were counts hold milliseconds: the first notification added
     # scores them again, or the new ones (small scores) would be the first trimmed.
     settings.NOTIFICATIONS_HISTORY_SIZE = 3
-    layer = RedisPubSubLayer(hosts=[redis_url], prefix=redis_prefix)
-    client = aioredis.Redis.from_url(redis_url)
+    layer, client = in_redis
     keys = layer._get_layer().kept_keys("g")
-    try:
-        old = await send(layer, "g", "old 1", "old 2")
-        for position in old:
-            stream_id = position.rpartition(":")[2]
-            await client.zadd(keys.pending, {stream_id: int(stream_id.partition("-")[0])})  # as written before
-        await send(layer, "g", "new 3", "new 4")
-        assert [k.text for k in await layer.take_pending("g")] == ["old 2", "new 3", "new 4"]
-    finally:
-        await layer.flush()
-        await client.aclose()
+    old = await send(layer, "g", "old 1", "old 2")
+    for position in old:
+        stream_id = position.rpartition(":")[2]
+        await client.zadd(keys.pending, {stream_id: int(stream_id.partition("-")[0])})  # as written before
+    await send(layer, "g", "new 3", "new 4")
+    assert [k.text for k in await layer.take_pending("g")] == ["old 2", "new 3", "new 4"]
 
 
 async def test_positions_tell_how_many_of_the_id_were_sent_between_them_even_past_the_history(layer: Any) -> None:
