@@ -2,7 +2,8 @@
 
 Served by the launchers (``python -m notifications.serve ... tests.launch_probe:application``)
 in ``tests/test_launch.py``: the launcher's own start-up work runs first. It reports the garbage
-collector's state and the factory autobahn makes each client frame's masker with.
+collector's state, the factory autobahn makes each client frame's masker with, and the channel
+layer Channels holds. Like a Django project's ASGI module, it sets Django up as it is loaded.
 """
 
 from __future__ import annotations
@@ -11,8 +12,12 @@ import gc
 import json
 from typing import Any
 
+import django
 from autobahn.websocket import protocol
+from channels.layers import channel_layers
 from twisted.internet import reactor
+
+django.setup()
 
 
 def _report() -> None:
@@ -21,6 +26,7 @@ def _report() -> None:
         "thresholds": gc.get_threshold(),
         "frozen": gc.get_freeze_count(),
         "masker": f"{masker.__module__}.{masker.__qualname__}",
+        "channel_layer": type(layer).__name__ if (layer := channel_layers.backends.get("default")) else None,
     }
     print(json.dumps(state), flush=True)
     reactor.stop()  # type: ignore[attr-defined]
