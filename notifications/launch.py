@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 
 from notifications import drain
 from notifications.endpoints import QUIET_PATHS
+from notifications.exceptions import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ def make_channel_layer() -> None:
     try:
         get_channel_layer()
     except Exception as exc:
-        logger.warning("The channel layer could not be made: %s: %s", type(exc).__name__, exc)
+        logger.warning("The channel layer could not be made: %s", one_line(exc))
 
 
 def tune_gc() -> None:
