@@ -26,7 +26,7 @@ from daphne.ws_protocol import WebSocketProtocol
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
 
-from notifications import drain
+from notifications import drain, frames
 from notifications.endpoints import QUIET_PATHS
 from notifications.exceptions import one_line
 
@@ -54,11 +54,21 @@ class _WebSocket:
 
 
 class DrainingServer(Server):
-    """daphne's server, which drains its WebSockets before it stops."""
+    """daphne's server, which drains its WebSockets before it stops and reads them with the app's protocol."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.ports: list[Any] = []
+
+    # daphne makes its WebSocket factory in run(), just before it listens: the factory
+    # builds the app's protocol (notifications.frames) from the start.
+    @property
+    def ws_factory(self) -> Any:
+        return self._ws_factory
+
+    @ws_factory.setter
+    def ws_factory(self, factory: Any) -> None:
+        self._ws_factory = frames.use_in(factory)
 
     def listen_success(self, port: Any) -> None:
         self.ports.append(port)

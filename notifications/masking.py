@@ -50,9 +50,14 @@ class SmallFrameUnmasker:
             return b""
         start = self._position & 3
         self._position += size
-        mask = self._mask[start:] + self._mask[:start]
-        key = (mask * (size // 4 + 1))[:size]
-        return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(size, "little")
+        return unmask(self._mask[start:] + self._mask[:start], data)
+
+
+def unmask(mask: bytes, data: bytes) -> bytes:
+    """``data`` XORed with the 4-byte ``mask`` repeated, from the mask's first byte: one integer XOR."""
+    size = len(data)
+    key = (mask * (size // 4 + 1))[:size]
+    return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(size, "little")
 
 
 _library_factory: Callable[..., Any] | None = None
