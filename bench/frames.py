@@ -28,11 +28,20 @@ FRAMES = 20_000
 ROUNDS = 5
 
 
+class _Transport(StringTransport):
+    """Twisted's in-memory transport; a connection autobahn drops unregisters a producer it never registered."""
+
+    def unregisterProducer(self) -> None:  # noqa: N802
+        self.producer = None
+
+
 def _measured(base: type[Any]) -> type[Any]:
     class Measured(base):  # type: ignore[misc,valid-type]
         """``base`` with daphne's application side left out: the handshake accepted, messages counted."""
 
-        received = 0
+        def __init__(self) -> None:
+            super().__init__()
+            self.messages: list[tuple[bytes, bool]] = []
 
         def onConnect(self, request: Any) -> None:  # noqa: N802
             return None
@@ -41,7 +50,7 @@ def _measured(base: type[Any]) -> type[Any]:
             pass
 
         def onMessage(self, payload: bytes, isBinary: bool) -> None:  # noqa: N802, N803
-            self.received += 1
+            self.messages.append((payload, isBinary))
 
         def onClose(self, wasClean: bool, code: int, reason: str) -> None:  # noqa: N802, N803
             pass
@@ -49,13 +58,15 @@ def _measured(base: type[Any]) -> type[Any]:
     return Measured
 
 
-def _open(base: type[Any]) -> tuple[Any, StringTransport]:
+def open_connection(base: type[Any], **options: Any) -> tuple[Any, StringTransport]:
+    """An open server connection of a subclass of ``base`` (autobahn's ``options``), over an in-memory transport."""
     from autobahn.twisted.websocket import WebSocketServerFactory
 
     factory = WebSocketServerFactory("ws://127.0.0.1")
     factory.protocol = _measured(base)
+    factory.setProtocolOptions(**options)
     protocol = factory.buildProtocol(("127.0.0.1", 0))
-    transport = StringTransport()
+    transport = _Transport()
     protocol.makeConnection(transport)
     key = base64.b64encode(os.urandom(16)).decode()
     protocol.dataReceived(
@@ -70,15 +81,17 @@ def _open(base: type[Any]) -> tuple[Any, StringTransport]:
     return protocol, transport
 
 
-def client_frame(payload: bytes) -> bytes:
-    """``payload`` as a client sends it: one final, masked text frame (7-bit length)."""
-    mask = os.urandom(4)
-    return bytes((0x81, 0x80 | len(payload))) + mask + masking.unmask(mask, payload)
+def client_frame(payload: bytes, first: int = 0x81, mask: bytes | None = None) -> bytes:
+    """``payload`` as a client sends it: one masked frame (by default final, text), its length in 7 or 16 bits."""
+    mask = os.urandom(4) if mask is None else mask
+    size = len(payload)
+    length = bytes((0x80 | size,)) if size < 126 else bytes((0x80 | 126,)) + size.to_bytes(2, "big")
+    return bytes((first,)) + length + mask + masking.unmask(mask, payload)
 
 
 def per_frame(base: type[Any]) -> tuple[float, float]:
     """µs per frame read and per frame written by a connection of ``base``, best of ROUNDS."""
-    protocol, transport = _open(base)
+    protocol, transport = open_connection(base)
     frame = client_frame(PAYLOAD)
     read = written = float("inf")
     for _ in range(ROUNDS):
@@ -91,8 +104,9 @@ def per_frame(base: type[Any]) -> tuple[float, float]:
             protocol.sendMessage(PAYLOAD, False)
         written = min(written, (time.perf_counter() - start) / FRAMES * 1e6)
         transport.clear()
-    if protocol.received != ROUNDS * FRAMES:
-        raise RuntimeError(f"{protocol.received} messages read, not {ROUNDS * FRAMES}")
+        if len(protocol.messages) != FRAMES or protocol.messages[-1] != (PAYLOAD, False):
+            raise RuntimeError(f"{len(protocol.messages)} messages read, not {FRAMES}")
+        protocol.messages.clear()
     return read, written
 
 
