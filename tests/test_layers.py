@@ -113,6 +113,45 @@ async def test_a_slow_reply_fails_its_commands_but_does_not_take_redis_for_down(
         await layer.flush()
 
 
+async def test_one_publisher_task_sends_batch_after_batch_and_ends_after_a_quiet_tick(
+    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import notifications.layers.redis as redis_layer
+
+    monkeypatch.setattr(redis_layer, "WATCHDOG_TICK", 0.05)
+    layer = RedisPubSubLayer(hosts=[redis_url], prefix=redis_prefix)
+    try:
+        shard = layer._get_layer()._shards[0]
+        assert await shard._queue((b"PING",)) == b"PONG"
+        publisher = shard._publisher
+        assert publisher is not None and not publisher.done()  # lingering for the next command
+        for n in range(3):  # one batch each, all sent by the same task
+            assert await shard._queue((b"ECHO", str(n))) == str(n).encode()
+            assert shard._publisher is publisher
+        await asyncio.wait_for(publisher, 5)  # ends by itself once idle for a tick, without an error
+        assert await shard._queue((b"PING",)) == b"PONG"  # a new one for the next command
+        assert shard._publisher is not publisher
+    finally:
+        await layer.flush()
+
+
+async def test_a_command_queued_as_the_watchdog_ends_the_publisher_is_still_sent(
+    redis_url: str, redis_prefix: str
+) -> None:
+    layer = RedisPubSubLayer(hosts=[redis_url], prefix=redis_prefix)
+    try:
+        shard = layer._get_layer()._shards[0]
+        assert await shard._queue((b"PING",)) == b"PONG"
+        publisher = shard._publisher
+        assert publisher is not None and shard._more is not None
+        shard._watch_publisher()  # a tick that saw the batch
+        shard._watch_publisher()  # and a quiet one: the publisher is told to end...
+        late = shard._queue((b"ECHO", "late"))  # ...and a command comes before it has run again
+        assert await asyncio.wait_for(late, 5) == b"late"
+    finally:
+        await layer.flush()
+
+
 # In-memory layer
 
 

@@ -140,6 +140,9 @@ SUBSCRIBE_TIMEOUT = 10.0  # seconds Redis may take to confirm a subscription
 HEALTH_CHECK_INTERVAL = 5.0
 PENDING_SCAN_LIMIT = 10_000  # pending sets the admin's dashboard looks at, per Redis server
 COMMAND_TIMEOUT = 10.0  # seconds a pipeline of commands (a send, a resume) may wait for Redis's replies
+# Seconds between the publisher's watchdog ticks (a quarter of COMMAND_TIMEOUT if that is shorter): a
+# batch gives up at most a tick after its COMMAND_TIMEOUT, and an idle publisher ends within two ticks.
+WATCHDOG_TICK = 1.0
 # Seconds to open a connection to a Redis server (or a sentinel), and to wait for a sentinel's answer,
 # never retried with backoff. Generous: a process busy with a burst of connections may take a while to
 # see a connection complete. A server found down is not waited for again (see _Shard.down).
@@ -473,6 +476,14 @@ class _Shard(RedisSingleShardConnection):
         self.host = _fast_failing(host, self._on_connect, client_name(channel_layer.prefix, channel_layer.process_id))
         self._outbox: deque[Queued] = deque()
         self._publisher: asyncio.Future[None] | None = None
+        # The publisher's state, as its watchdog reads it (see _publish_waiting): the future it lingers on
+        # for the next command, the loop time its batch in flight gives up at, batches sent (and as of the
+        # last tick), and whether the watchdog cancelled it for a batch past its time.
+        self._more: asyncio.Future[bool] | None = None
+        self._deadline: float | None = None
+        self._batches = self._batches_seen = 0
+        self._timed_out = False
+        self._watchdog: asyncio.TimerHandle | None = None
         # The connection the outbox is pipelined on: made once with the pool's options, and held (see _held_link).
         self._link: Any = None
         # Per channel, one future per SUBSCRIBE sent and not confirmed yet, in the order sent.
@@ -576,7 +587,12 @@ class _Shard(RedisSingleShardConnection):
         self._refuse_while_down()
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._outbox.append((command, done, convert, again))
-        if self._publisher is None or self._publisher.done():
+        more = self._more
+        if more is not None:  # the publisher lingers: wake it
+            self._more = None
+            if not more.done():
+                more.set_result(True)
+        elif self._publisher is None or self._publisher.done():
             self._publisher = asyncio.ensure_future(self._publish_waiting())
         return done
 
@@ -588,51 +604,100 @@ class _Shard(RedisSingleShardConnection):
         notification that was most of the layer's cost. Here one connection, made
         with the pool's options, is held for the outbox, the commands are packed by
         hiredis, and the replies are read in order from the same connection.
+
+        With the outbox empty the task lingers for the next command (waking it
+        costs a third of making a task per batch) until a tick of the watchdog
+        finds no batch sent since the last one. The watchdog also bounds each
+        batch by COMMAND_TIMEOUT: one timer per tick instead of one per batch.
         """
-        while self._outbox:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._outbox:
+                self._more = more = loop.create_future()
+                self._watch_soon()
+                if not await more and not self._outbox:
+                    return  # quiet for a whole tick (a command queued as the tick ended is sent first)
+                continue
             batch = list(self._outbox)
             self._outbox.clear()
+            self._batches += 1
+            self._deadline = loop.time() + COMMAND_TIMEOUT
+            self._watch_soon()
             try:
                 self._refuse_while_down()  # found down by the batch before: these fail at once too
-                # Bounded: on a connection whose peer vanished without a word, a reply never comes.
-                async with asyncio.timeout(COMMAND_TIMEOUT):
-                    link = await self._held_link()
-                    await link.send_packed_command(
-                        b"".join([_packed(queued[0]) for queued in batch]), check_health=False
-                    )
-                    fast = _fast_reading(link)
-                    instead: list[Queued] = []
-                    for queued in batch:
-                        command, done, convert, again = queued
-                        try:
-                            result = await (_next_reply(link) if fast else link.read_response())
-                            if isinstance(result, ResponseError):  # as hiredis parsed it
-                                raise result
-                        except ResponseError as exc:  # this command's error: the connection reads on
-                            other = again(exc, command) if again is not None else None
-                            if other is not None:
-                                instead.append((other, done, convert, again))
-                            elif not done.done():
-                                done.set_exception(exc)
-                        else:
-                            _answer(done, result, convert)
-                    # Ahead of what was queued meanwhile, in their order: the order commands were queued in.
-                    self._outbox.extendleft(reversed(instead))
-            except Exception as exc:
-                # The link is dropped on any error but a reply's own (the next batch connects it again): a
-                # reply may be half read. A refused or broken connection marks the shard down until a probe
-                # answers; a slow reply (none within COMMAND_TIMEOUT: a long script, a fork stall) fails its
-                # batch only.
-                if self._link is not None:
-                    with contextlib.suppress(Exception):
-                        await self._link.disconnect(nowait=True)
-                if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError) and not isinstance(
-                    exc, TimeoutError
-                ):
-                    self._mark_down(exc)
+                # Bounded by the watchdog: on a connection whose peer vanished without a word, no reply comes.
+                link = await self._held_link()
+                await link.send_packed_command(b"".join([_packed(queued[0]) for queued in batch]), check_health=False)
+                fast = _fast_reading(link)
+                instead: list[Queued] = []
                 for queued in batch:
-                    if not queued[1].done():
-                        queued[1].set_exception(exc)
+                    command, done, convert, again = queued
+                    try:
+                        result = await (_next_reply(link) if fast else link.read_response())
+                        if isinstance(result, ResponseError):  # as hiredis parsed it
+                            raise result
+                    except ResponseError as exc:  # this command's error: the connection reads on
+                        other = again(exc, command) if again is not None else None
+                        if other is not None:
+                            instead.append((other, done, convert, again))
+                        elif not done.done():
+                            done.set_exception(exc)
+                    else:
+                        _answer(done, result, convert)
+                # Ahead of what was queued meanwhile, in their order: the order commands were queued in.
+                self._outbox.extendleft(reversed(instead))
+            except asyncio.CancelledError:
+                if not self._timed_out:
+                    raise
+                # The watchdog's: the batch's time is up, the task goes on with the next one.
+                self._timed_out = False
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                await self._give_up(batch, TimeoutError(f"Redis did not answer within {COMMAND_TIMEOUT:g} s"))
+            except Exception as exc:
+                await self._give_up(batch, exc)
+            finally:
+                self._deadline = None
+
+    async def _give_up(self, batch: list[Queued], exc: Exception) -> None:
+        """A batch failed with ``exc``: its commands fail with it, and the connection it went on is dropped."""
+        # The link is dropped on any error but a reply's own (the next batch connects it again): a
+        # reply may be half read. A refused or broken connection marks the shard down until a probe
+        # answers; a slow reply (none within COMMAND_TIMEOUT: a long script, a fork stall) fails its
+        # batch only.
+        if self._link is not None:
+            with contextlib.suppress(Exception):
+                await self._link.disconnect(nowait=True)
+        if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError) and not isinstance(exc, TimeoutError):
+            self._mark_down(exc)
+        for queued in batch:
+            if not queued[1].done():
+                queued[1].set_exception(exc)
+
+    def _watch_soon(self) -> None:
+        """Arm the publisher's watchdog, unless it is armed."""
+        if self._watchdog is None:
+            tick = min(WATCHDOG_TICK, COMMAND_TIMEOUT / 4)
+            self._watchdog = asyncio.get_running_loop().call_later(tick, self._watch_publisher)
+
+    def _watch_publisher(self) -> None:
+        """A tick: a batch past its deadline is given up; a publisher that sent nothing since the last tick ends."""
+        self._watchdog = None
+        publisher = self._publisher
+        if publisher is None or publisher.done():
+            return
+        if self._deadline is not None:
+            if not self._timed_out and asyncio.get_running_loop().time() >= self._deadline:
+                self._timed_out = True
+                publisher.cancel()
+        elif self._more is not None and self._batches == self._batches_seen:
+            more, self._more = self._more, None
+            if not more.done():
+                more.set_result(False)
+            return
+        self._batches_seen = self._batches
+        self._watch_soon()
 
     async def _held_link(self) -> Any:
         """The outbox's connection: the pool's kind and options, but no ``socket_timeout``.
@@ -728,7 +793,7 @@ class _Shard(RedisSingleShardConnection):
             seen, pinged = -1, False
             with contextlib.suppress(Exception):
                 await pubsub.connection.disconnect()
-            if self._link is not None and (self._publisher is None or self._publisher.done()):
+            if self._link is not None and self._deadline is None:
                 # The commands' connection went the same way, most likely: made again for the next command
                 # (not while a batch waits on it: that one gives up after COMMAND_TIMEOUT).
                 with contextlib.suppress(Exception):
@@ -896,6 +961,10 @@ class _Shard(RedisSingleShardConnection):
     async def flush(self) -> None:
         if self._probe is not None and not self._probe.done():
             self._probe.cancel()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        self._more = None
         if self._publisher is not None and not self._publisher.done():
             self._publisher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
