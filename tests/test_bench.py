@@ -92,3 +92,29 @@ def test_the_capacity_plan_of_a_file_that_is_no_result_is_one_line(tmp_path: Pat
     )
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("bench.scaling: cannot plan from")
+
+
+def run_module(module: str, **env: str) -> subprocess.CompletedProcess[str]:
+    full = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
+    return subprocess.run(
+        [sys.executable, "-m", module], cwd=ROOT, env={**full, **env}, capture_output=True, text=True, timeout=180
+    )
+
+
+def test_the_frame_benchmark_reads_and_writes_through_both_protocols() -> None:
+    done = run_module("bench.frames")
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith(("| read |", "| written |"))]
+    assert len(rows) == 2
+    for row in rows:
+        library, app, ratio = (cell.strip() for cell in row.strip("|").split("|")[1:])
+        assert float(library) > 0 and float(app) > 0 and ratio.endswith("x")
+
+
+def test_the_layer_benchmark_reports_a_figure_and_an_unreachable_redis_in_one_line(redis_url: str) -> None:
+    done = run_module("bench.layer", REDIS_URL=redis_url)
+    assert done.returncode == 0, done.stderr
+    assert "µs of CPU per notification sent and read" in done.stdout
+    down = run_module("bench.layer", REDIS_URL="redis://127.0.0.1:1/0")
+    assert down.returncode == 1 and down.stdout == ""
+    assert down.stderr.count("\n") == 1 and down.stderr.startswith("bench.layer: Redis at redis://127.0.0.1:1/0")
