@@ -6,7 +6,7 @@ machine: about twenty method calls (frame begin, data and end, message
 begin, data and end, each through a hook), a masker and a UTF-8 validator
 object, and a debug line whose arguments are formatted even when debug
 logging is off; it writes one through four calls and another such line. On
-the benchmark's machine that was about 12 µs per frame read and 3 µs per
+the benchmark's machine that was about 10 µs per frame read and 3 µs per
 frame written (``bench/frames.py`` measures both paths).
 
 :class:`WebSocketProtocol` takes the common case itself and leaves every

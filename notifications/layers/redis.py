@@ -647,6 +647,7 @@ class _Shard(RedisSingleShardConnection):
                 # Ahead of what was queued meanwhile, in their order: the order commands were queued in.
                 self._outbox.extendleft(reversed(instead))
             except asyncio.CancelledError:
+                self._deadline = None
                 if not self._timed_out:
                     raise
                 # The watchdog's: the batch's time is up, the task goes on with the next one.
@@ -656,8 +657,9 @@ class _Shard(RedisSingleShardConnection):
                     task.uncancel()
                 await self._give_up(batch, TimeoutError(f"Redis did not answer within {COMMAND_TIMEOUT:g} s"))
             except Exception as exc:
+                self._deadline = None  # before anything is awaited: no tick may take the batch for late now
                 await self._give_up(batch, exc)
-            finally:
+            else:
                 self._deadline = None
 
     async def _give_up(self, batch: list[Queued], exc: Exception) -> None:
