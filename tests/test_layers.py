@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -95,61 +97,53 @@ async def test_replies_are_taken_from_redis_pys_hiredis_parser_one_by_one_errors
     assert not _fast_reading(connection)  # disconnected: redis-py connects it again
 
 
+@pytest.fixture
+async def shard(redis_url: str, redis_prefix: str) -> AsyncIterator[Any]:
+    """The one shard of a Redis layer on the suite's Redis; the layer is flushed afterwards."""
+    layer = RedisPubSubLayer(hosts=[redis_url], prefix=redis_prefix)
+    try:
+        yield layer._get_layer()._shards[0]
+    finally:
+        await layer.flush()
+
+
 async def test_a_slow_reply_fails_its_commands_but_does_not_take_redis_for_down(
-    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+    shard: Any, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import notifications.layers.redis as redis_layer
 
     monkeypatch.setattr(redis_layer, "COMMAND_TIMEOUT", 0.2)
-    layer = RedisPubSubLayer(hosts=[redis_url], prefix=redis_prefix)
-    try:
-        shard = layer._get_layer()._shards[0]
-        # BLPOP on an empty list answers after its own timeout (1 s): a slow reply, Redis itself is fine.
-        with pytest.raises(TimeoutError):
-            await shard._queue((b"BLPOP", f"{redis_prefix}empty", 1))
-        assert shard.down is None
-        await asyncio.wait_for(shard.ping(), 5)  # on a new connection: the old one still waits for the BLPOP
-    finally:
-        await layer.flush()
+    # BLPOP on an empty list answers after its own timeout (1 s): a slow reply, Redis itself is fine.
+    with pytest.raises(TimeoutError):
+        await shard._queue((b"BLPOP", f"{redis_prefix}empty", 1))
+    assert shard.down is None
+    await asyncio.wait_for(shard.ping(), 5)  # on a new connection: the old one still waits for the BLPOP
 
 
 async def test_one_publisher_task_sends_batch_after_batch_and_ends_after_a_quiet_tick(
-    redis_url: str, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+    shard: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import notifications.layers.redis as redis_layer
 
     monkeypatch.setattr(redis_layer, "WATCHDOG_TICK", 0.05)
-    layer = RedisPubSubLayer(hosts=[redis_url], prefix=redis_prefix)
-    try:
-        shard = layer._get_layer()._shards[0]
-        assert await shard._queue((b"PING",)) == b"PONG"
-        publisher = shard._publisher
-        assert publisher is not None and not publisher.done()  # lingering for the next command
-        for n in range(3):  # one batch each, all sent by the same task
-            assert await shard._queue((b"ECHO", str(n))) == str(n).encode()
-            assert shard._publisher is publisher
-        await asyncio.wait_for(publisher, 5)  # ends by itself once idle for a tick, without an error
-        assert await shard._queue((b"PING",)) == b"PONG"  # a new one for the next command
-        assert shard._publisher is not publisher
-    finally:
-        await layer.flush()
+    assert await shard._queue((b"PING",)) == b"PONG"
+    publisher = shard._publisher
+    assert publisher is not None and not publisher.done()  # lingering for the next command
+    for n in range(3):  # one batch each, all sent by the same task
+        assert await shard._queue((b"ECHO", str(n))) == str(n).encode()
+        assert shard._publisher is publisher
+    await asyncio.wait_for(publisher, 5)  # ends by itself once idle for a tick, without an error
+    assert await shard._queue((b"PING",)) == b"PONG"  # a new one for the next command
+    assert shard._publisher is not publisher
 
 
-async def test_a_command_queued_as_the_watchdog_ends_the_publisher_is_still_sent(
-    redis_url: str, redis_prefix: str
-) -> None:
-    layer = RedisPubSubLayer(hosts=[redis_url], prefix=redis_prefix)
-    try:
-        shard = layer._get_layer()._shards[0]
-        assert await shard._queue((b"PING",)) == b"PONG"
-        publisher = shard._publisher
-        assert publisher is not None and shard._more is not None
-        shard._watch_publisher()  # a tick that saw the batch
-        shard._watch_publisher()  # and a quiet one: the publisher is told to end...
-        late = shard._queue((b"ECHO", "late"))  # ...and a command comes before it has run again
-        assert await asyncio.wait_for(late, 5) == b"late"
-    finally:
-        await layer.flush()
+async def test_a_command_queued_as_the_watchdog_ends_the_publisher_is_still_sent(shard: Any) -> None:
+    assert await shard._queue((b"PING",)) == b"PONG"
+    assert shard._publisher is not None and shard._more is not None
+    shard._watch_publisher()  # a tick that saw the batch
+    shard._watch_publisher()  # and a quiet one: the publisher is told to end...
+    late = shard._queue((b"ECHO", "late"))  # ...and a command comes before it has run again
+    assert await asyncio.wait_for(late, 5) == b"late"
 
 
 # In-memory layer
