@@ -2,7 +2,7 @@
 
 One connection of each protocol class is opened over an in-memory Twisted
 transport (the handshake as a client sends it), then the same masked
-70-byte text frame, a notification as a client sends it, is fed to each
+82-byte text frame, a notification as a client sends it, is fed to each
 many times, and the same payload sent back as many times. "autobahn" is
 daphne's protocol as daphne ships it; "app" is :mod:`notifications.frames`.
 The figures are µs per frame on this machine, best of several rounds; the

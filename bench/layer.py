@@ -7,8 +7,9 @@ notification goes out alone, as at the benchmark's paced rates. The figure
 is the process's CPU time per notification (sending, Redis's reply and the
 published copy read, the pause's timer), best of several rounds: what the
 layer costs the daphne process for each relayed notification, without
-daphne. Redis is ``REDIS_URL`` (by default the local one); its keys are
-prefixed per run and flushed at the end.
+daphne. Redis is ``REDIS_URL`` (by default the local one); the keys a run
+writes have a prefix of their own and expire with the history
+(``NOTIFICATIONS_HISTORY_TTL``).
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from harness.clients import open_client, receive, register_confirmed, send_once
 from harness.servers import Daphne
 from notifications import frames
 from notifications.frames import WebSocketProtocol as AppProtocol
+from notifications.masking import unmask
 
 LIMIT = 1000  # maxFramePayloadSize and maxMessagePayloadSize of the connections under test
 TEXT = "le café ☕ est prêt 😀".encode()
@@ -53,8 +54,6 @@ def unmasked(payload: bytes) -> bytes:
 def long_form(payload: bytes) -> bytes:
     """A text frame whose short length is written in the 16-bit form, which RFC 6455 forbids."""
     mask = b"\x01\x02\x03\x04"
-    from notifications.masking import unmask
-
     return bytes((0x81, 0x80 | 126)) + len(payload).to_bytes(2, "big") + mask + unmask(mask, payload)
 
 
