@@ -29,6 +29,7 @@ from zope.interface import implementer
 
 from notifications import metrics
 from notifications.conf import conf
+from notifications.layers import ChannelQueue
 from notifications.protocol import describe
 
 logger = logging.getLogger(__name__)
@@ -95,6 +96,34 @@ READ_PAUSE_AT = 64
 READ_RESUME_AT = 8
 
 
+class ClientQueue(ChannelQueue):
+    """What a client sent, waiting for its consumer: daphne's queue in the app's server.
+
+    daphne makes an ``asyncio.Queue`` per connection; the app's server makes
+    this one instead (:meth:`notifications.launch.DrainingServer.create_application`).
+    An ``asyncio.Queue`` holds three deques and an ``Event`` from the start
+    (about 3 KB per connection, measured with tracemalloc), for waiting
+    putters and ``join()``, which nobody uses here; this queue holds a deque
+    only while frames wait. Unbounded, as daphne's is: :class:`ReadWindow`
+    bounds it by pausing the socket. daphne tests ``if queue:``, so it must
+    stay true when empty (no ``__len__``).
+    """
+
+    __slots__ = ("on_put",)
+
+    def __init__(self) -> None:
+        super().__init__(0)
+        self.on_put: Callable[[int], None] | None = None  # told how many wait, after each put
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def put_nowait(self, item: Any) -> None:
+        super().put_nowait(item)
+        if self.on_put is not None:
+            self.on_put(len(self._items))
+
+
 class ReadWindow:
     """Stop reading a client's socket while many of its frames wait to be handled, so that TCP slows it down.
 
@@ -110,7 +139,7 @@ class ReadWindow:
 
     __slots__ = ("_queue", "_transport", "paused", "pauses", "_held", "_reading")
 
-    def __init__(self, queue: asyncio.Queue[Any], transport: Any) -> None:
+    def __init__(self, queue: ClientQueue | asyncio.Queue[Any], transport: Any) -> None:
         self._queue = queue
         self._transport = transport
         self.paused = False  # too many frames wait
@@ -121,14 +150,21 @@ class ReadWindow:
         # Redis), Twisted would otherwise read chunk after chunk of a fast sender into the queue. Then a
         # sender that closes leaves thousands queued, more than daphne gives an application to finish
         # after a disconnect (its application_close_timeout, 10 s) before it kills it.
-        put = queue.put_nowait
+        if isinstance(queue, ClientQueue):
+            queue.on_put = self._put
+            return
+        put = queue.put_nowait  # daphne's own server (not the app's): its asyncio.Queue
 
         def put_and_look(item: Any) -> None:
             put(item)
-            if not self.paused and queue.qsize() >= READ_PAUSE_AT:
-                self._pause()
+            self._put(queue.qsize())
 
         queue.put_nowait = put_and_look  # type: ignore[method-assign]
+
+    def _put(self, waiting: int) -> None:
+        """daphne put a frame in the queue; ``waiting`` frames wait now."""
+        if not self.paused and waiting >= READ_PAUSE_AT:
+            self._pause()
 
     def took_one(self) -> None:
         """Called as the consumer takes a frame from the client."""
@@ -184,13 +220,14 @@ class ReadWindow:
 def read_window(receive: Any, send: Any) -> ReadWindow | None:
     """A :class:`ReadWindow` for daphne's connection behind ``receive`` and ``send``, or None.
 
-    daphne's ``receive`` is its per-connection ``asyncio.Queue``'s ``get``;
-    its ``send`` a partial bound to the connection's protocol (see :func:`watch`).
+    daphne's ``receive`` is its per-connection queue's ``get`` (an
+    ``asyncio.Queue``, a :class:`ClientQueue` in the app's server); its
+    ``send`` a partial bound to the connection's protocol (see :func:`watch`).
     """
     queue = getattr(receive, "__self__", None)
     args = getattr(send, "args", ())
     transport = getattr(args[0], "transport", None) if args else None
-    if not isinstance(queue, asyncio.Queue) or not hasattr(transport, "pauseProducing"):
+    if not isinstance(queue, ClientQueue | asyncio.Queue) or not hasattr(transport, "pauseProducing"):
         return None
     return ReadWindow(queue, transport)
 

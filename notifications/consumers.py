@@ -8,7 +8,6 @@ import json
 import logging
 import time
 import uuid
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,8 +134,9 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
         self.closing = False  # a close was asked for: nothing more is sent
         self.send_refusal: tuple[str, str] | None = None  # why this connection may not send (WS_SENDERS)
         self.sends_refused = 0
-        # v1 relays the layer has not answered yet; made with the first (most connections never send).
-        self.in_flight: deque[asyncio.Future[Kept]] | None = None
+        # v1 relays the layer has not answered yet, oldest first: a list (a deque holds 600 bytes from the
+        # start), made with the first relay and dropped once all are answered (most connections never send).
+        self.in_flight: list[asyncio.Future[Kept]] | None = None
         self.address: str | None = None  # the client's address, once admitted by the per-address limits
         self.frame_limit = limits.frame_limit()
         self.flooded = False  # closed with 4008 for flooding: its later frames are dropped unread
@@ -233,14 +233,18 @@ class NotificationConsumer(SerialDispatchMixin, AsyncWebsocketConsumer):
         """Note a v1 relay the layer has not answered yet; wait for the oldest while there are too many."""
         waiting = self.in_flight
         if waiting is None:
-            waiting = self.in_flight = deque()
+            waiting = self.in_flight = []
         waiting.append(started)
-        while waiting and waiting[0].done():
-            waiting.popleft()
+        answered = 0
+        while answered < len(waiting) and waiting[answered].done():
+            answered += 1
+        del waiting[:answered]
         if len(waiting) > IN_FLIGHT_LIMIT:
             # Shielded: cancelling this consumer must not cancel the notification (it went to the layer).
             with contextlib.suppress(Exception):
-                await asyncio.shield(waiting.popleft())
+                await asyncio.shield(waiting.pop(0))
+        if not waiting:
+            self.in_flight = None
 
     async def _relay(self, action: Relay) -> bool:
         """Deliver and wait for the layer's answer, which a v2 sender is told; whether it took the notification."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from functools import partial
 from typing import Any
 
 from daphne.cli import CommandLineInterface
@@ -27,6 +28,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
 
 from notifications import drain, frames
+from notifications.backpressure import ClientQueue
 from notifications.endpoints import QUIET_PATHS
 from notifications.exceptions import one_line
 
@@ -69,6 +71,22 @@ class DrainingServer(Server):
     @ws_factory.setter
     def ws_factory(self, factory: Any) -> None:
         self._ws_factory = frames.use_in(factory)
+
+    def create_application(self, protocol: Any, scope: dict[str, Any]) -> ClientQueue | None:
+        """daphne's, with a :class:`ClientQueue` in place of its ``asyncio.Queue`` (3 KB less per connection).
+
+        The rest is daphne's method as it is (tests/test_launch.py fails if daphne's changes).
+        """
+        assert "application_instance" not in self.connections[protocol]
+        queue = ClientQueue()
+        scope.setdefault("asgi", {"version": "3.0"})
+        application = self.application(scope=scope, receive=queue.get, send=partial(self.handle_reply, protocol))
+        if protocol not in self.connections:
+            return None
+        self.connections[protocol]["application_instance"] = asyncio.ensure_future(
+            application, loop=asyncio.get_event_loop()
+        )
+        return queue
 
     def listen_success(self, port: Any) -> None:
         self.ports.append(port)

@@ -7,10 +7,11 @@ import re
 from collections.abc import Callable
 
 import psutil
+import pytest
 
 from harness.clients import frame, open_client, receive, register_confirmed
 from harness.servers import Daphne, wait_until
-from notifications.backpressure import READ_PAUSE_AT, READ_RESUME_AT, ReadWindow
+from notifications.backpressure import READ_PAUSE_AT, READ_RESUME_AT, ClientQueue, ReadWindow
 
 BIG = "x" * 100_000  # a few hundred of these overflow any socket buffer on loopback
 SENT = 400
@@ -93,11 +94,18 @@ class Transport:
         self.calls.append("resume")
 
 
-async def test_a_fast_senders_socket_is_paused_as_its_frames_are_queued_not_only_as_they_are_taken() -> None:
+# The app's server queues what a client sends in a ClientQueue; daphne's own, in an asyncio.Queue.
+QUEUES = pytest.mark.parametrize("make_queue", [ClientQueue, asyncio.Queue], ids=["app", "daphne"])
+
+
+@QUEUES
+async def test_a_fast_senders_socket_is_paused_as_its_frames_are_queued_not_only_as_they_are_taken(
+    make_queue: Callable[[], ClientQueue | asyncio.Queue[dict[str, str]]],
+) -> None:
     # A consumer that waits (for Redis, say) takes no frame for a while; meanwhile daphne queues every
     # frame Twisted reads. The socket must pause at the limit all the same, or a sender that closes
     # after a burst leaves more queued than daphne lets the consumer finish (it kills it after 10 s).
-    queue: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+    queue = make_queue()
     transport = Transport()
     window = ReadWindow(queue, transport)
     for n in range(READ_PAUSE_AT * 3):
@@ -109,11 +117,36 @@ async def test_a_fast_senders_socket_is_paused_as_its_frames_are_queued_not_only
     assert transport.calls == ["pause", "resume"]
 
 
-async def test_frames_left_unhandled_when_the_consumer_is_killed_are_counted_by_kind() -> None:
-    queue: asyncio.Queue[dict[str, str]] = asyncio.Queue()
+@QUEUES
+async def test_frames_left_unhandled_when_the_consumer_is_killed_are_counted_by_kind(
+    make_queue: Callable[[], ClientQueue | asyncio.Queue[dict[str, str]]],
+) -> None:
+    queue = make_queue()
     window = ReadWindow(queue, Transport())
     for n in range(5):
         queue.put_nowait({"type": "websocket.receive", "text": str(n)})
     queue.put_nowait({"type": "websocket.disconnect"})
     assert window.unread() == 5  # frames of the client; the disconnect is none
     assert queue.empty()
+
+
+async def test_the_apps_client_queue_hands_over_in_order_to_a_waiting_reader_and_loses_nothing_to_a_cancel() -> None:
+    queue = ClientQueue()
+    assert queue and queue.empty() and queue.qsize() == 0  # daphne tests `if queue:` before it puts
+    reader = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)  # the reader waits on the empty queue
+    queue.put_nowait({"n": 1})
+    queue.put_nowait({"n": 2})
+    assert queue.qsize() == 2
+    assert await asyncio.wait_for(reader, 1) == {"n": 1}
+    # Django's ASGI handler cancels a get() that waits for a disconnect once the response is sent.
+    cancelled = asyncio.ensure_future(queue.get())
+    assert await asyncio.wait_for(cancelled, 1) == {"n": 2}
+    cancelled = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    queue.put_nowait({"n": 3})
+    assert await asyncio.wait_for(queue.get(), 1) == {"n": 3}
+    assert queue and queue.empty()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import hashlib
+import inspect
 import json
 import os
 import subprocess
@@ -10,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daphne.server import Server
 
 from harness.servers import ROOT, free_port, run_python
-from notifications.launch import GC_THRESHOLDS
+from notifications.backpressure import ClientQueue
+from notifications.launch import GC_THRESHOLDS, DrainingServer
 
 
 def launch_line(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> list[str]:
@@ -101,3 +106,35 @@ def test_the_launcher_unmasks_small_client_frames_with_the_apps_masker(launched:
 def test_the_launcher_makes_the_channel_layer_before_any_connection(launched: dict[str, Any]) -> None:
     # Not on the first connection, which would pay for its imports (about 9 MB and a fraction of a second).
     assert launched["channel_layer"] in {"InMemoryLayer", "RedisPubSubLayer"}
+
+
+# daphne 4.2.3's Server.create_application, which DrainingServer.create_application repeats with another queue.
+DAPHNES_CREATE_APPLICATION = "f1e300b4"
+
+
+def test_daphnes_create_application_is_still_the_one_the_apps_server_repeats() -> None:
+    source = inspect.getsource(Server.create_application)
+    assert "input_queue = asyncio.Queue()" in source
+    digest = hashlib.sha256(source.encode()).hexdigest()[:8]
+    assert digest == DAPHNES_CREATE_APPLICATION, (
+        "daphne's Server.create_application changed: bring notifications.launch.DrainingServer.create_application "
+        f"in line with it, then record its digest {digest}"
+    )
+
+
+async def test_the_apps_server_gives_each_application_a_client_queue_to_receive_from() -> None:
+    server = DrainingServer.__new__(DrainingServer)  # the state create_application reads, without running
+    received: list[dict[str, Any]] = []
+
+    async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        received.append(await receive())
+        received.append(scope)
+
+    server.application = application
+    protocol = object()
+    server.connections = {protocol: {}}
+    queue = server.create_application(protocol, {"type": "websocket"})
+    assert isinstance(queue, ClientQueue)
+    queue.put_nowait({"type": "websocket.connect"})
+    await asyncio.wait_for(server.connections[protocol]["application_instance"], 1)
+    assert received == [{"type": "websocket.connect"}, {"type": "websocket", "asgi": {"version": "3.0"}}]
