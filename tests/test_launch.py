@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import gc
 import hashlib
 import inspect
 import json
 import os
 import subprocess
+import weakref
 from pathlib import Path
 from typing import Any
 
 import pytest
+from daphne.http_protocol import HTTPFactory, WebRequest
 from daphne.server import Server
+from daphne.ws_protocol import WebSocketFactory
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
 
 from harness.servers import ROOT, free_port, run_python
 from notifications.backpressure import ClientQueue
@@ -138,3 +144,50 @@ async def test_the_apps_server_gives_each_application_a_client_queue_to_receive_
     queue.put_nowait({"type": "websocket.connect"})
     await asyncio.wait_for(server.connections[protocol]["application_instance"], 1)
     assert received == [{"type": "websocket.connect"}, {"type": "websocket", "asgi": {"version": "3.0"}}]
+
+
+async def waits(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """An application that reads what the client sends and never answers."""
+    while True:
+        await receive()
+
+
+def upgraded_request(server_class: type[Server]) -> tuple[Server, WebRequest]:
+    """A server of ``server_class`` after daphne upgraded one HTTP request to a WebSocket, as run() wires it."""
+    server = server_class(waits, endpoints=["tcp:0"])
+    server.connections = {}
+    server.ws_factory = WebSocketFactory(server, server="test")
+    channel = HTTPFactory(server).buildProtocol(IPv4Address("TCP", "127.0.0.1", 4000))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 4000))
+    channel.makeConnection(transport)
+    key = base64.b64encode(b"0123456789abcdef").decode()
+    channel.dataReceived(
+        (
+            "GET /ws/ HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    [request] = [p for p in server.connections if isinstance(p, WebRequest)]
+    assert request.transport is None and server.connections[request].get("disconnected")  # handed over
+    return server, request
+
+
+@pytest.mark.parametrize("server_class", [DrainingServer, Server], ids=["app", "daphne"])
+async def test_the_request_of_an_upgraded_connection_is_freed_by_reference_counting(
+    server_class: type[Server],
+) -> None:
+    # daphne's own server leaves the request in a cycle with Twisted's HTTP channel, freed only by a
+    # full collection (and in the meantime a few KB per connection); the app's server breaks it.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        server, request = upgraded_request(server_class)
+        await asyncio.sleep(0)  # the turn after the hand-over
+        gone = weakref.ref(request)
+        del server.connections[request], request  # what daphne's application_checker does next
+        assert (gone() is None) == (server_class is DrainingServer)
+        for details in server.connections.values():
+            details["application_instance"].cancel()
+    finally:
+        if collecting:
+            gc.enable()
