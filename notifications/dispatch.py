@@ -98,10 +98,13 @@ class SerialDispatchMixin:
         While both are empty the task waits on one future that either rings:
         the layer as it queues a message for the channel, the client's queue
         as the server puts a frame in it (an ``asyncio.Queue``'s ``put_nowait``
-        is wrapped for that).
+        is wrapped for that). Woken, it looks at the client's queue first (a
+        glance, where the layer's channel takes a call): a sender's frame is
+        then dispatched without asking the layer first.
         """
         channel = self.channel_name
         loop = asyncio.get_running_loop()
+        inbox = layer.loop_inbox()  # this consumer lives in this loop: asked once, not per take
         bell: asyncio.Future[None] | None = None
         wake = client.wake if isinstance(client, backpressure.ClientQueue) else None
         if wake is None:
@@ -115,7 +118,7 @@ class SerialDispatchMixin:
             client.put_nowait = put_and_ring  # type: ignore[method-assign]
         client_first = True  # the two sources take turns, so that neither starves the other
         while True:
-            message = None if client_first else layer.take(channel)
+            message = None if client_first else inbox.take(channel)
             if message is not None:
                 client_first = True
             elif not client.empty():
@@ -124,14 +127,16 @@ class SerialDispatchMixin:
                     window.took_one()
                 client_first = False
             elif client_first:
-                message = layer.take(channel)
+                message = inbox.take(channel)
             if message is None:
                 bell = loop.create_future()
-                layer.wake_on_message(channel, bell)
+                inbox.wake_on_message(channel, bell)
                 if wake is not None:
                     wake(bell)
                 await bell
                 bell = None
+                # Both were empty until now: neither is owed a turn.
+                client_first = True
                 continue
             await self.dispatch(message)
 

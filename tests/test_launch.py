@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from daphne.http_protocol import HTTPFactory, WebRequest
 from daphne.server import Server
-from daphne.ws_protocol import WebSocketFactory
+from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
@@ -152,9 +152,9 @@ async def waits(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await receive()
 
 
-def upgraded_request(server_class: type[Server]) -> tuple[Server, WebRequest]:
+def upgraded_request(server_class: type[Server], application: Any = waits) -> tuple[Server, WebRequest]:
     """A server of ``server_class`` after daphne upgraded one HTTP request to a WebSocket, as run() wires it."""
-    server = server_class(waits, endpoints=["tcp:0"])
+    server = server_class(application, endpoints=["tcp:0"])
     server.connections = {}
     server.ws_factory = WebSocketFactory(server, server="test")
     channel = HTTPFactory(server).buildProtocol(IPv4Address("TCP", "127.0.0.1", 4000))
@@ -191,3 +191,55 @@ async def test_the_request_of_an_upgraded_connection_is_freed_by_reference_count
     finally:
         if collecting:
             gc.enable()
+
+
+# daphne 4.2.3's methods a text frame passes through, which notifications.launch.Replies checks in one step.
+DAPHNES_REPLY_PATH = {
+    "Server.handle_reply": (Server.handle_reply, "9d9dbaea"),
+    "WebSocketProtocol.handle_reply": (WebSocketProtocol.handle_reply, "5331423b"),
+    "WebSocketProtocol.serverSend": (WebSocketProtocol.serverSend, "345f2133"),
+}
+
+
+@pytest.mark.parametrize("name", DAPHNES_REPLY_PATH)
+def test_daphnes_reply_path_is_still_the_one_the_apps_replies_shorten(name: str) -> None:
+    method, recorded = DAPHNES_REPLY_PATH[name]
+    digest = hashlib.sha256(inspect.getsource(method).encode()).hexdigest()[:8]
+    assert digest == recorded, (
+        f"daphne's {name} changed: bring notifications.launch.Replies in line with it, then record its digest {digest}"
+    )
+
+
+async def wire_after_handshake(server_class: type[Server]) -> bytes:
+    """What a server wrote to a WebSocket after its handshake, for an application's replies of every kind."""
+    go_on = asyncio.Event()
+
+    async def replies(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": "h\u00e9llo \U0001f514"})
+        await send({"type": "websocket.send", "bytes": b"\x00\x01"})
+        await send({"type": "websocket.send", "text": ""})  # nothing at all, in daphne
+        await send({"type": "websocket.send", "text": "x" * 70_000})  # a 64-bit length
+        await go_on.wait()
+        await send({"type": "websocket.send", "text": "to a connection gone"})  # dropped, in daphne
+
+    server, _ = upgraded_request(server_class, replies)
+    [websocket] = [p for p in server.connections if isinstance(p, WebSocketProtocol)]
+    if server_class is DrainingServer:
+        assert isinstance(server.connections[websocket]["application_instance"], asyncio.Future)
+    websocket.dataReceived(b"")  # nothing from the client
+    for _ in range(20):
+        await asyncio.sleep(0)  # the application's sends up to go_on
+    server.connections[websocket]["disconnected"] = True  # as daphne marks a connection it lost
+    go_on.set()
+    await asyncio.wait_for(server.connections[websocket]["application_instance"], 1)
+    wire: bytes = websocket.transport.value()
+    return wire.split(b"\r\n\r\n", 1)[1]
+
+
+async def test_the_apps_server_writes_each_reply_as_daphnes_does() -> None:
+    ours, daphnes = await wire_after_handshake(DrainingServer), await wire_after_handshake(Server)
+    assert ours == daphnes
+    assert ours.startswith(b"\x81\x0bh\xc3\xa9llo \xf0\x9f\x94\x94\x82\x02\x00\x01\x81\x7f")
+    assert b"gone" not in ours

@@ -226,6 +226,31 @@ async def test_pubsub_many_concurrent_sends_arrive_once_each_and_in_order(
     assert received == [f"m{i}" for i in range(40)]
 
 
+async def test_pubsub_a_consumers_loop_inbox_takes_and_wakes_as_the_layer_does(pubsub: RedisPubSubLayer) -> None:
+    inbox = pubsub.loop_inbox()
+    assert inbox is pubsub.loop_inbox() is inbox.loop_inbox()  # one per event loop, asked once by a consumer
+    channel = await pubsub.new_channel()
+    await pubsub.group_add("g", channel)
+    assert inbox.take(channel) is None
+    await pubsub.group_send("g", event("first"))
+    await pubsub.group_send("g", event("second"))
+    assert [await next_text(inbox, channel), await next_text(pubsub, channel)] == ["first", "second"]
+
+
+async def next_text(inbox: Any, channel: str) -> str:
+    """The text of the channel's next message, taken from ``inbox`` as a consumer does: take, else wait for the bell."""
+    while (message := inbox.take(channel)) is None:
+        bell: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        inbox.wake_on_message(channel, bell)
+        await asyncio.wait_for(bell, 10)
+    return str(message["text"])
+
+
+async def test_in_memory_a_consumers_loop_inbox_is_the_layer() -> None:
+    layer = InMemoryLayer()
+    assert layer.loop_inbox() is layer
+
+
 async def test_pubsub_full_channel_is_counted_and_logged_with_the_recipient(
     redis_url: str, redis_prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -282,6 +282,13 @@ class Inbox(Protocol):
     the layer complete a future (``wake_on_message``) as something arrives.
     """
 
+    def loop_inbox(self) -> Inbox:
+        """What serves these calls in the running event loop, for as long as it runs.
+
+        The layer itself, or a layer kept per event loop its part for this one:
+        a consumer that takes and waits many times asks once.
+        """
+
     def take(self, channel: str) -> dict[str, Any] | None:
         """The channel's next message (a gap event first, if it has one), or None if none waits."""
 

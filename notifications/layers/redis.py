@@ -1329,6 +1329,9 @@ class _LoopLayer(RedisPubSubLoopLayer):
             raise
         return self.decode(message)
 
+    def loop_inbox(self) -> _LoopLayer:
+        return self
+
     def take(self, channel: str) -> dict[str, Any] | None:
         if self._gaps and (gap := self._gaps.take(channel)) is not None:
             return gap
@@ -1553,6 +1556,9 @@ class RedisPubSubLayer(RedisPubSubChannelLayer):
 
     def drain(self, channel: str) -> list[dict[str, Any]]:
         return self._get_layer().drain(channel)
+
+    def loop_inbox(self) -> _LoopLayer:
+        return self._get_layer()
 
     def take(self, channel: str) -> dict[str, Any] | None:
         return self._get_layer().take(channel)
