@@ -45,6 +45,11 @@ def parse_args(argv: list[str]) -> tuple[Options, Path]:
         help="daphne processes of the project, comma-separated: one run per count, e.g. 1,2 (default 1)",
     )
     parser.add_argument("--seconds", type=float, help="length of each relay run (default 10)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="relay rounds, the servers taking turns phase by phase; figures are the rounds' median (default 3)",
+    )
     parser.add_argument("--connections", help="idle connection counts, comma-separated (default 2000,10000)")
     parser.add_argument("--log-level", default="WARNING", help="LOG_LEVEL of the servers (default WARNING)")
     parser.add_argument("--output", type=Path, help="JSON file (default results/latest.json; quick.json with --quick)")
@@ -61,8 +66,14 @@ def parse_args(argv: list[str]) -> tuple[Options, Path]:
         options.seconds, options.drain, options.saturation_limit = 1.0, 5.0, 500
         options.rates, options.connections, options.mass, options.idle_workers = [200], [100], 100, 1
         options.settle = 0.2
+    if args.quick:
+        options.rounds = 1
     if args.seconds:
         options.seconds = args.seconds
+    if args.rounds is not None:
+        if args.rounds < 1:
+            parser.error(f"--rounds must be 1 or more, not {args.rounds}")
+        options.rounds = args.rounds
     if args.connections:
         options.connections = [int(n) for n in args.connections.split(",")]
     if set(options.scenarios) - set(SCENARIOS):

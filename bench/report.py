@@ -120,7 +120,7 @@ def table(report: dict[str, Any]) -> str:
             base, theirs = values["baseline"][0], values[name][0]
             ratio = "-"
             if "|" not in path and isinstance(base, int | float) and isinstance(theirs, int | float) and base:
-                ratio = f"{theirs / base:.1f}x"
+                ratio = f"{theirs / base:.2f}x"
             cells.append(ratio)
         cells.append(target or "")
         out.append(cells)
@@ -136,6 +136,12 @@ def table(report: dict[str, Any]) -> str:
         f"\n{report['when']}; {machine['cpu']}, {machine['cores']} cores, {machine['memory_gb']} GB, "
         f"Python {machine['python']}, {machine['system']}; load average at start {machine['load_average_at_start']}; "
         f"{_processes(report['options']['processes'])} daphne process(es), LOG_LEVEL={report['options']['log_level']}; "
-        "wire format: uncompressed on both servers (the load generator offers no permessage-deflate)."
+        "wire format: uncompressed on both servers (the load generator offers no permessage-deflate)"
+        + (
+            f"; relay figures: the median of {rounds} rounds, the servers taking turns phase by phase "
+            "(counts: the sum)."
+            if (rounds := report["options"].get("rounds", 1)) > 1
+            else "."
+        )
     )
     return "\n".join(lines)

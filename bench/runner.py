@@ -9,10 +9,12 @@ memory figures are not flattered by memory freed in an earlier scenario.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,6 +65,7 @@ class Options:
     processes: list[int] = field(default_factory=lambda: [1])  # daphne processes of the project, one run each
     rates: list[int] = field(default_factory=lambda: [400, 2000])
     seconds: float = 10.0
+    rounds: int = 3  # relay rounds, the servers alternated (see relay_side_by_side)
     saturation_limit: int = 50_000
     drain: float = 10.0
     connections: list[int] = field(default_factory=lambda: [2000, 10000])
@@ -530,27 +533,95 @@ async def measure(name: str, env_: Environment, options: Options, progress: Any,
         with start_server(name, env_, processes) as server:
             progress(f"{name}: resume {RESUME_COUNT} missed notifications, {RESUME_ROUNDS} times")
             result["resume"] = await attempt(resume(server, count=RESUME_COUNT, rounds=RESUME_ROUNDS))
-    if "relay" not in options.scenarios:
-        return result
-    with start_server(name, env_, processes) as server:
-        progress(f"{name}: warm-up")
-        warm = await attempt(relay(server, rate=1000, seconds=1, limit=1000, drain=5))
-        if "error" in warm:
-            result["relay"] = warm
-            return result
-        for rate in options.rates:
-            progress(f"{name}: {rate} msg/s for {options.seconds:g} s")
-            result[f"rate_{rate}"] = await attempt(
-                relay(
-                    server, rate=rate, seconds=options.seconds, limit=int(rate * options.seconds), drain=options.drain
-                )
-            )
-        progress(f"{name}: saturation ({options.saturation_limit} messages, at most {options.seconds:g} s)")
-        result["saturation"] = await attempt(
-            relay(server, rate=0, seconds=options.seconds, limit=options.saturation_limit, drain=options.drain)
-        )
-        result["history"] = history_memory(server)
     return result
+
+
+# Relay figures that are rates, latencies or costs: the median of the rounds. Every other number is a
+# count (sent, lost, duplicated...), summed over the rounds: one lost notification in any round shows.
+MEDIAN_FIELDS = (
+    "offered_rate",
+    "send_rate",
+    "delivered_rate",
+    "latency_p50_ms",
+    "latency_p99_ms",
+    "cpu_us_per_msg",
+    "redis_cpu_us_per_msg",
+)
+# Shown round by round beside the median, so that the spread is in the JSON too.
+BY_ROUND_FIELDS = ("latency_p99_ms", "cpu_us_per_msg", "delivered_rate")
+
+
+def combined(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One relay phase's rounds as one result: medians of rates and costs, sums of counts (the first error, if any)."""
+    for result in rounds:
+        if "error" in result:
+            return result
+    if len(rounds) == 1:
+        return rounds[0]
+    out: dict[str, Any] = {}
+    for field_ in rounds[0]:
+        values = [result.get(field_) for result in rounds]
+        numbers = [v for v in values if isinstance(v, int | float)]
+        if field_ in MEDIAN_FIELDS:
+            out[field_] = statistics.median(numbers) if numbers else None
+        elif all(isinstance(v, dict) for v in values):
+            merged: dict[str, int] = {}
+            for v in values:
+                for key, count in v.items():  # type: ignore[union-attr]
+                    merged[key] = merged.get(key, 0) + count
+            out[field_] = merged
+        elif len(numbers) == len(values):
+            out[field_] = sum(numbers)
+        else:
+            out[field_] = values[0]
+    out["rounds"] = len(rounds)
+    for field_ in BY_ROUND_FIELDS:
+        out[f"{field_}_by_round"] = [result.get(field_) for result in rounds]
+    return out
+
+
+async def relay_side_by_side(
+    configs: list[tuple[str, str, int]], env_: Environment, options: Options, progress: Any, results: dict[str, Any]
+) -> None:
+    """The relay phases of every server, alternated: round after round, each phase runs on each server in turn.
+
+    A machine's speed drifts over minutes (a virtual machine's neighbours);
+    measured one server after the other, the drift lands in the ratio. With
+    every server up at once and the servers taking turns phase by phase, each
+    round compares them under nearly the same conditions, and the median of
+    ``options.rounds`` rounds leaves out a round that drifted.
+    """
+    with contextlib.ExitStack() as stack:
+        servers: dict[str, Running] = {}
+        for key, name, processes in configs:
+            servers[key] = stack.enter_context(start_server(name, env_, processes))
+        for key, server in list(servers.items()):
+            progress(f"{key}: warm-up")
+            warm = await attempt(relay(server, rate=1000, seconds=1, limit=1000, drain=5))
+            if "error" in warm:
+                results[key]["relay"] = warm
+                del servers[key]
+        phases = [*((f"rate_{rate}", rate) for rate in options.rates), ("saturation", 0)]
+        runs: dict[str, dict[str, list[dict[str, Any]]]] = {key: {} for key in servers}
+        for round_ in range(1, options.rounds + 1):
+            for phase, rate in phases:
+                for key, server in servers.items():
+                    what = (
+                        f"{rate} msg/s for {options.seconds:g} s"
+                        if rate
+                        else (f"saturation ({options.saturation_limit} messages, at most {options.seconds:g} s)")
+                    )
+                    progress(f"{key}: {what}, round {round_} of {options.rounds}")
+                    limit = int(rate * options.seconds) if rate else options.saturation_limit
+                    runs[key].setdefault(phase, []).append(
+                        await attempt(
+                            relay(server, rate=rate, seconds=options.seconds, limit=limit, drain=options.drain)
+                        )
+                    )
+        for key, server in servers.items():
+            for phase, _ in phases:
+                results[key][phase] = combined(runs[key][phase])
+            results[key]["history"] = history_memory(server)
 
 
 def history_memory(server: Running) -> dict[str, Any] | None:
@@ -597,10 +668,15 @@ async def run(options: Options, progress: Any) -> dict[str, Any]:
         try:
             started = time.time()
             results = {}
-            for name in options.servers:
-                for processes in [1] if name in V1_ONLY else options.processes:
-                    key = name if processes == 1 else f"{name} x{processes}"
-                    results[key] = await measure(name, env_, options, progress, processes)
+            configs = [
+                (name if processes == 1 else f"{name} x{processes}", name, processes)
+                for name in options.servers
+                for processes in ([1] if name in V1_ONLY else options.processes)
+            ]
+            for key, name, processes in configs:
+                results[key] = await measure(name, env_, options, progress, processes)
+            if "relay" in options.scenarios:
+                await relay_side_by_side(configs, env_, options, progress, results)
         finally:
             for worker in _workers:  # left over when a scenario failed
                 worker.kill()

@@ -48,9 +48,18 @@ def test_the_quick_benchmark_runs_every_server_and_loses_nothing(redis_url: str,
 
 def test_the_benchmark_measures_one_and_two_processes_in_one_run(redis_url: str, tmp_path: Path) -> None:
     output = tmp_path / "bench.json"
-    done = run_bench(redis_url, output, "--scenarios", "relay", "--servers", "baseline,project", "--processes", "1,2")
+    done = run_bench(
+        redis_url,
+        output,
+        "--scenarios",
+        "relay",
+        "--servers",
+        "baseline,project",
+        *("--processes", "1,2", "--rounds", "2"),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "1 and 2 daphne process(es)" in done.stdout
+    assert "the median of 2 rounds, the servers taking turns phase by phase" in done.stdout
     results = json.loads(output.read_text())["results"]
     assert [(name, result["processes"]) for name, result in results.items()] == [
         ("baseline", 1),
@@ -59,6 +68,34 @@ def test_the_benchmark_measures_one_and_two_processes_in_one_run(redis_url: str,
     ]
     for run in (results["project"]["saturation"], results["project x2"]["saturation"]):
         assert run["sent"] > 0 and (run["lost"], run["duplicated"], run["misrouted"]) == (0, 0, 0), run
+    for result in results.values():
+        paced = result["rate_200"]
+        assert paced["rounds"] == 2 and paced["sent"] == 2 * 200  # the quick run's 200 messages, twice
+        assert len(paced["cpu_us_per_msg_by_round"]) == 2
+
+
+def test_relay_rounds_combine_into_medians_of_rates_and_costs_and_sums_of_counts() -> None:
+    from bench.runner import combined
+
+    rounds = [
+        {"sent": 100, "lost": 0, "cpu_us_per_msg": 150.0, "latency_p99_ms": 4.0, "by": {"layer_full": 1}},
+        {"sent": 100, "lost": 2, "cpu_us_per_msg": 190.0, "latency_p99_ms": 30.0, "by": {}},
+        {"sent": 100, "lost": 0, "cpu_us_per_msg": 160.0, "latency_p99_ms": 5.0, "by": {"layer_full": 3}},
+    ]
+    run = combined(rounds)
+    assert (run["sent"], run["lost"], run["by"]) == (300, 2, {"layer_full": 4})  # a loss in any round shows
+    assert (run["cpu_us_per_msg"], run["latency_p99_ms"]) == (160.0, 5.0)  # one round that drifted is left out
+    assert run["cpu_us_per_msg_by_round"] == [150.0, 190.0, 160.0] and run["rounds"] == 3
+    assert combined([*rounds, {"error": "TimeoutError: senders"}]) == {"error": "TimeoutError: senders"}
+
+
+def test_a_round_count_below_one_is_one_line() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--rounds", "0"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert "--rounds must be 1 or more, not 0" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_a_process_count_that_is_no_count_is_one_line() -> None:
