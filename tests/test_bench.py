@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from harness.servers import ROOT
 
 
@@ -89,21 +91,20 @@ def test_relay_rounds_combine_into_medians_of_rates_and_costs_and_sums_of_counts
     assert combined([*rounds, {"error": "TimeoutError: senders"}]) == {"error": "TimeoutError: senders"}
 
 
-def test_a_round_count_below_one_is_one_line() -> None:
+@pytest.mark.parametrize(
+    ("arguments", "error"),
+    [
+        (["--processes", "1,two"], "--processes '1,two': give process counts of 1 or more"),
+        (["--rounds", "0"], "--rounds must be 1 or more, not 0"),
+    ],
+    ids=["processes", "rounds"],
+)
+def test_a_count_that_is_no_count_is_one_line(arguments: list[str], error: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--rounds", "0"], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "bench", *arguments], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 2
-    assert "--rounds must be 1 or more, not 0" in done.stderr
-    assert "Traceback" not in done.stderr
-
-
-def test_a_process_count_that_is_no_count_is_one_line() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--processes", "1,two"], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 2
-    assert "--processes '1,two': give process counts of 1 or more" in done.stderr
+    assert error in done.stderr
     assert "Traceback" not in done.stderr
 
 
