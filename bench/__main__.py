@@ -65,9 +65,7 @@ def parse_args(argv: list[str]) -> tuple[Options, Path]:
     if args.quick:
         options.seconds, options.drain, options.saturation_limit = 1.0, 5.0, 500
         options.rates, options.connections, options.mass, options.idle_workers = [200], [100], 100, 1
-        options.settle = 0.2
-    if args.quick:
-        options.rounds = 1
+        options.settle, options.rounds = 0.2, 1
     if args.seconds:
         options.seconds = args.seconds
     if args.rounds is not None:

@@ -285,8 +285,8 @@ class Inbox(Protocol):
     def loop_inbox(self) -> Inbox:
         """What serves these calls in the running event loop, for as long as it runs.
 
-        The layer itself, or a layer kept per event loop its part for this one:
-        a consumer that takes and waits many times asks once.
+        The layer itself; or, for a layer that keeps a part per event loop, its
+        part for this loop. A consumer, which takes and waits many times, asks once.
         """
 
     def take(self, channel: str) -> dict[str, Any] | None:
