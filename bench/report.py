@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 
@@ -27,6 +28,27 @@ def _fmt(value: Any) -> str:
 
 
 LOSS = "saturation.lost|saturation.duplicated|saturation.misrouted"
+
+
+def ratio(results: dict[str, Any], name: str, path: str) -> float | None:
+    """``name``'s figure at ``path`` over the baseline's: the median of the rounds' ratios where both have rounds.
+
+    Each round measured both servers within a minute of each other; the
+    ratio of each round cancels what the machine's speed did between rounds.
+    """
+    base, theirs = _get(results["baseline"], path), _get(results[name], path)
+    base_rounds, their_rounds = _get(results["baseline"], f"{path}_by_round"), _get(results[name], f"{path}_by_round")
+    if isinstance(base_rounds, list) and isinstance(their_rounds, list) and len(base_rounds) == len(their_rounds):
+        pairs = [
+            t / b
+            for b, t in zip(base_rounds, their_rounds, strict=True)
+            if isinstance(b, int | float) and b and isinstance(t, int | float)
+        ]
+        if len(pairs) == len(base_rounds):
+            return statistics.median(pairs)
+    if isinstance(base, int | float) and isinstance(theirs, int | float) and base:
+        return float(theirs / base)
+    return None
 
 
 def rows(report: dict[str, Any]) -> list[tuple[str, str, str | None]]:
@@ -111,17 +133,12 @@ def table(report: dict[str, Any]) -> str:
     out = [header]
     for label, path, target in rows(report):
         cells = [label]
-        values = {}
         for name in names:
             parts = [_get(results[name], p) for p in path.split("|")]
-            values[name] = parts
             cells.append(" / ".join(_fmt(p) for p in parts))
         for name in compared:
-            base, theirs = values["baseline"][0], values[name][0]
-            ratio = "-"
-            if "|" not in path and isinstance(base, int | float) and isinstance(theirs, int | float) and base:
-                ratio = f"{theirs / base:.2f}x"
-            cells.append(ratio)
+            times = ratio(results, name, path) if "|" not in path else None
+            cells.append(f"{times:.2f}x" if times is not None else "-")
         cells.append(target or "")
         out.append(cells)
     for name in names:
@@ -139,7 +156,7 @@ def table(report: dict[str, Any]) -> str:
         "wire format: uncompressed on both servers (the load generator offers no permessage-deflate)"
         + (
             f"; relay figures: the median of {rounds} rounds, the servers taking turns phase by phase "
-            "(counts: the sum)."
+            "(counts: the sum; CPU, p99 and throughput ratios: the median of the rounds' ratios)."
             if (rounds := report["options"].get("rounds", 1)) > 1
             else "."
         )

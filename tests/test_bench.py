@@ -91,6 +91,20 @@ def test_relay_rounds_combine_into_medians_of_rates_and_costs_and_sums_of_counts
     assert combined([*rounds, {"error": "TimeoutError: senders"}]) == {"error": "TimeoutError: senders"}
 
 
+def test_a_ratio_to_the_baseline_is_the_median_of_the_rounds_ratios() -> None:
+    from bench.report import ratio
+
+    results = {
+        "baseline": {"rate_2000": {"cpu_us_per_msg": 86.0, "cpu_us_per_msg_by_round": [64.5, 85.5, 93.0]}},
+        "project": {"rate_2000": {"cpu_us_per_msg": 169.0, "cpu_us_per_msg_by_round": [194.0, 152.0, 169.0]}},
+        "one round": {"rate_2000": {"cpu_us_per_msg": 172.0}},
+    }
+    # Round by round 3.01x, 1.78x and 1.82x: a round where the baseline ran fast is one ratio of three.
+    assert ratio(results, "project", "rate_2000.cpu_us_per_msg") == pytest.approx(169.0 / 93.0)
+    assert ratio(results, "one round", "rate_2000.cpu_us_per_msg") == pytest.approx(2.0)
+    assert ratio(results, "project", "saturation.cpu_us_per_msg") is None
+
+
 @pytest.mark.parametrize(
     ("arguments", "error"),
     [
