@@ -212,7 +212,7 @@ def test_daphnes_reply_path_is_still_the_one_the_apps_replies_shorten(name: str)
 
 async def wire_after_handshake(server_class: type[Server]) -> bytes:
     """What a server wrote to a WebSocket after its handshake, for an application's replies of every kind."""
-    go_on = asyncio.Event()
+    sent, go_on = asyncio.Event(), asyncio.Event()
 
     async def replies(scope: dict[str, Any], receive: Any, send: Any) -> None:
         assert (await receive())["type"] == "websocket.connect"
@@ -221,16 +221,13 @@ async def wire_after_handshake(server_class: type[Server]) -> bytes:
         await send({"type": "websocket.send", "bytes": b"\x00\x01"})
         await send({"type": "websocket.send", "text": ""})  # nothing at all, in daphne
         await send({"type": "websocket.send", "text": "x" * 70_000})  # a 64-bit length
+        sent.set()
         await go_on.wait()
         await send({"type": "websocket.send", "text": "to a connection gone"})  # dropped, in daphne
 
     server, _ = upgraded_request(server_class, replies)
     [websocket] = [p for p in server.connections if isinstance(p, WebSocketProtocol)]
-    if server_class is DrainingServer:
-        assert isinstance(server.connections[websocket]["application_instance"], asyncio.Future)
-    websocket.dataReceived(b"")  # nothing from the client
-    for _ in range(20):
-        await asyncio.sleep(0)  # the application's sends up to go_on
+    await asyncio.wait_for(sent.wait(), 1)
     server.connections[websocket]["disconnected"] = True  # as daphne marks a connection it lost
     go_on.set()
     await asyncio.wait_for(server.connections[websocket]["application_instance"], 1)
